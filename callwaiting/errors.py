@@ -1,0 +1,91 @@
+"""The one error shape: {"error": {"code": "...", "message": "..."}} with the right HTTP status."""
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.views import exception_handler
+
+
+class ApiError(exceptions.APIException):
+    """Raise from services and views; rendered in the one error shape."""
+
+    def __init__(self, code: str, message: str, status_code: int = status.HTTP_400_BAD_REQUEST, headers=None):
+        super().__init__(detail=message, code=code)
+        self.code = code
+        self.message = message
+        self.status_code = status_code
+        self.headers = headers or {}
+
+    def as_dict(self) -> dict:
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(code: str, message: str, status_code: int) -> JsonResponse:
+    """For plain Django views and handlers outside DRF."""
+    return JsonResponse(error_body(code, message), status=status_code)
+
+
+# DRF's own exceptions, mapped to stable codes a client can switch on.
+_DRF_CODES = {
+    exceptions.NotAuthenticated: "authentication_required",
+    exceptions.AuthenticationFailed: "invalid_api_key",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.ParseError: "malformed_request",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "invalid_request",
+}
+
+
+def _flatten(detail, prefix="") -> list[str]:
+    if isinstance(detail, dict):
+        out = []
+        for key, value in detail.items():
+            field = "" if key == "non_field_errors" else f"{prefix}{key}"
+            out.extend(_flatten(value, f"{field}: " if field else ""))
+        return out
+    if isinstance(detail, list):
+        return [msg for item in detail for msg in _flatten(item, prefix)]
+    return [f"{prefix}{detail}"]
+
+
+def error_code(exc: exceptions.APIException) -> str:
+    if isinstance(exc, ApiError):
+        return exc.code
+    if getattr(exc, "custom_code", None):
+        return exc.custom_code
+    return next((code for cls, code in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+
+
+def api_exception_handler(exc, context):
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # unexpected exceptions become Django's 500
+    if isinstance(exc, ApiError):
+        response.data = exc.as_dict()
+        for name, value in exc.headers.items():
+            response[name] = value
+        return response
+    code = error_code(exc)
+    if isinstance(exc, exceptions.Throttled):
+        message = exc.detail if isinstance(exc.detail, str) else "Rate limit exceeded."
+    else:
+        message = "; ".join(_flatten(exc.detail)) if not isinstance(exc.detail, str) else str(exc.detail)
+    if isinstance(exc, exceptions.NotAuthenticated):
+        # DRF turns an unauthenticated 403 into 401 only when the authenticator names a challenge.
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+    response.data = error_body(code, message)
+    return response
+
+
+def not_found_handler(request, exception=None):
+    return error_response("not_found", f"No such endpoint: {request.path}", 404)
+
+
+def server_error_handler(request):
+    return error_response("internal_error", "The server failed on this request; it has been logged.", 500)

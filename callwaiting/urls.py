@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.urls import path
+
+from synthesis.views import HealthView, MetricsView, SynthesizeView
+from tenants.views import TenantStatsView
+from voices.views import VoiceListView
+
+urlpatterns = [
+    path("v1/synthesize", SynthesizeView.as_view(), name="synthesize"),
+    path("v1/voices", VoiceListView.as_view(), name="voices"),
+    path("v1/health", HealthView.as_view(), name="health"),
+    path("v1/metrics", MetricsView.as_view(), name="metrics"),
+    path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "callwaiting.errors.not_found_handler"
+handler500 = "callwaiting.errors.server_error_handler"

@@ -1,0 +1,109 @@
+"""The web side of the worker boundary: send a job over the channel layer, receive its audio as it comes."""
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from synthesis.frontend import Pause, Segment
+
+
+class DispatchError(Exception):
+    def __init__(self, code: str, message: str, status: int = 503):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _segment_message(segment: Segment) -> dict:
+    if isinstance(segment, Pause):
+        return {"pause_ms": segment.milliseconds}
+    prosody = segment.prosody
+    return {"text": segment.text, "rate": prosody.rate, "pitch": prosody.pitch, "volume": prosody.volume}
+
+
+@dataclass
+class JobSpec:
+    engine: str
+    language: str
+    voice_settings: dict
+    segments: list[Segment]
+
+
+# Worker errors that are the request's fault rather than the service's.
+_CLIENT_ERROR_CODES = {"invalid_voice_settings": 422, "unsupported_language": 422}
+
+
+class WorkerStream:
+    """One synthesis job in flight: `start()` waits for the first audio, `chunks()` yields the rest."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self.job_id = uuid.uuid4().hex
+        self.layer = get_channel_layer()
+        self.reply_channel = ""
+        self.worker_channel = ""
+        self.sample_rate = 0
+        self.finished = False
+
+    async def _next(self, timeout: float) -> dict:
+        try:
+            return await asyncio.wait_for(self.layer.receive(self.reply_channel), timeout)
+        except asyncio.TimeoutError:
+            if not self.worker_channel:
+                raise DispatchError(
+                    "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
+                ) from None
+            raise DispatchError("worker_timeout", f"The model worker sent no audio for {timeout:g} s.") from None
+
+    async def start(self) -> bytes:
+        """Send the job; return the first audio chunk (empty when the clip is silent)."""
+        from synthesis.worker import ensure_embedded_worker
+
+        ensure_embedded_worker()
+        self.reply_channel = await self.layer.new_channel("tts.reply.")
+        accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
+        await self.layer.send(
+            settings.TTS_JOB_CHANNEL,
+            {
+                "type": "tts.job",
+                "job_id": self.job_id,
+                "reply_channel": self.reply_channel,
+                "engine": self.spec.engine,
+                "language": self.spec.language,
+                "voice_settings": self.spec.voice_settings,
+                "segments": [_segment_message(segment) for segment in self.spec.segments],
+                "accept_by": time.time() + accept_timeout,
+            },
+        )
+        accepted = await self._next(accept_timeout)
+        self.worker_channel = accepted["worker_channel"]
+        self.sample_rate = accepted["sample_rate"]
+        return await self.next_chunk() or b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        """The next audio chunk, or None once the worker says the clip is complete."""
+        while not self.finished:
+            message = await self._next(settings.TTS_CHUNK_TIMEOUT)
+            kind = message["type"]
+            if kind == "tts.audio":
+                return message["pcm"]
+            if kind == "tts.done":
+                self.finished = True
+            if kind == "tts.error":
+                self.finished = True
+                raise DispatchError(message["code"], message["message"], _CLIENT_ERROR_CODES.get(message["code"], 503))
+        return None
+
+    async def cancel(self) -> None:
+        if self.worker_channel and not self.finished:
+            self.finished = True
+            await self.layer.send(self.worker_channel, {"type": "tts.cancel", "job_id": self.job_id})

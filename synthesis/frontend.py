@@ -1,0 +1,159 @@
+"""Text and SSML front end: turns a request into segments the worker renders in order.
+
+A segment is either speech (plain text with prosody) or a pause. SSML support follows SSML 1.1 where a phone
+product needs it: <speak>, <p>, <s>, <break>, <prosody>, <emphasis>, <say-as>, <sub>, <phoneme>. Text inside
+elements we do not interpret is still spoken, as SSML processors are expected to do.
+"""
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+
+from synthesis.engines.base import Prosody
+
+
+class FrontendError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Speech:
+    text: str
+    prosody: Prosody = Prosody()
+
+
+@dataclass(frozen=True)
+class Pause:
+    milliseconds: int
+
+
+Segment = Speech | Pause
+
+MAX_BREAK_MS = 10_000
+_BREAK_STRENGTH_MS = {"none": 0, "x-weak": 100, "weak": 200, "medium": 400, "strong": 700, "x-strong": 1000}
+_PARAGRAPH_PAUSE_MS = 500
+_SENTENCE_PAUSE_MS = 250
+_RATE_WORDS = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.3, "x-fast": 1.7}
+_PITCH_WORDS = {"x-low": 0.6, "low": 0.8, "medium": 1.0, "default": 1.0, "high": 1.2, "x-high": 1.4}
+_VOLUME_WORDS = {"silent": 0.0, "x-soft": 0.4, "soft": 0.7, "medium": 1.0, "default": 1.0, "loud": 1.3, "x-loud": 1.6}
+_EMPHASIS = {"strong": (0.85, 1.3), "moderate": (0.92, 1.15), "reduced": (1.1, 0.8), "none": (1.0, 1.0)}
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _normalize(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def plain_text_segments(text: str, speed: float = 1.0) -> list[Segment]:
+    text = _normalize(text)
+    return [Speech(text=text, prosody=Prosody(rate=speed))] if text else []
+
+
+def spoken_characters(segments: list[Segment]) -> int:
+    return sum(len(segment.text) for segment in segments if isinstance(segment, Speech))
+
+
+def _duration_ms(value: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", value or "")
+    if not match:
+        raise FrontendError("invalid_ssml", f"<break time={value!r}>: expected a duration such as '500ms' or '1.5s'")
+    amount = float(match.group(1)) * (1000 if match.group(2) == "s" else 1)
+    return min(int(amount), MAX_BREAK_MS)
+
+
+def _relative(value: str, words: dict[str, float], attribute: str, *, decibels: bool = False) -> float:
+    """An SSML prosody value as a multiplier: a keyword, 'N%', '+N%'/'-N%', or '+NdB' for volume."""
+    value = (value or "").strip().lower()
+    if value in words:
+        return words[value]
+    if decibels and (match := re.fullmatch(r"([+-]?\d+(?:\.\d+)?)db", value)):
+        return 10 ** (float(match.group(1)) / 20)
+    match = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)%", value)
+    if match:
+        sign, amount = match.group(1), float(match.group(2)) / 100
+        return {"+": 1 + amount, "-": max(0.0, 1 - amount)}.get(sign, amount)
+    raise FrontendError("invalid_ssml", f"<prosody {attribute}={value!r}> is not a value this service understands")
+
+
+def _local(tag) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+class _SsmlWalker:
+    def __init__(self, speed: float):
+        self.segments: list[Segment] = []
+        self.base = Prosody(rate=speed)
+
+    def speak(self, text: str | None, prosody: Prosody) -> None:
+        text = _normalize(text or "")
+        if not text:
+            return
+        last = self.segments[-1] if self.segments else None
+        if isinstance(last, Speech) and last.prosody == prosody:
+            self.segments[-1] = Speech(text=f"{last.text} {text}", prosody=prosody)
+        else:
+            self.segments.append(Speech(text=text, prosody=prosody))
+
+    def pause(self, milliseconds: int) -> None:
+        if milliseconds <= 0:
+            return
+        if self.segments and isinstance(self.segments[-1], Pause):
+            total = min(self.segments[-1].milliseconds + milliseconds, MAX_BREAK_MS)
+            self.segments[-1] = Pause(total)
+        else:
+            self.segments.append(Pause(milliseconds))
+
+    def walk(self, element: ET.Element, prosody: Prosody) -> None:
+        tag = _local(element.tag)
+        if tag == "break":
+            if "time" in element.attrib:
+                self.pause(_duration_ms(element.attrib["time"]))
+            else:
+                strength = element.attrib.get("strength", "medium")
+                if strength not in _BREAK_STRENGTH_MS:
+                    raise FrontendError("invalid_ssml", f"<break strength={strength!r}> is not a known strength")
+                self.pause(_BREAK_STRENGTH_MS[strength])
+            self.speak(element.tail, prosody)
+            return
+        inner = prosody
+        if tag == "prosody":
+            attrs = element.attrib
+            inner = replace(
+                prosody,
+                rate=prosody.rate * _relative(attrs["rate"], _RATE_WORDS, "rate") if "rate" in attrs else prosody.rate,
+                pitch=prosody.pitch * _relative(attrs["pitch"], _PITCH_WORDS, "pitch") if "pitch" in attrs else prosody.pitch,
+                volume=prosody.volume * _relative(attrs["volume"], _VOLUME_WORDS, "volume", decibels=True)
+                if "volume" in attrs
+                else prosody.volume,
+            )
+        elif tag == "emphasis":
+            rate, volume = _EMPHASIS.get(element.attrib.get("level", "moderate"), _EMPHASIS["moderate"])
+            inner = replace(prosody, rate=prosody.rate * rate, volume=prosody.volume * volume)
+        structural_pause = {"p": _PARAGRAPH_PAUSE_MS, "s": _SENTENCE_PAUSE_MS}.get(tag, 0)
+        if structural_pause and self.segments:
+            self.pause(structural_pause)
+        if tag == "sub":
+            self.speak(element.attrib.get("alias", element.text), inner)
+        else:
+            self.speak(element.text, inner)
+            for child in element:
+                self.walk(child, inner)
+        if element.tail and element.tail.strip():
+            self.pause(structural_pause)  # text after a paragraph or sentence starts a new one
+            self.speak(element.tail, prosody)
+
+
+def ssml_segments(ssml: str, speed: float = 1.0) -> list[Segment]:
+    if "<!DOCTYPE" in ssml.upper() or "<!ENTITY" in ssml.upper():
+        raise FrontendError("invalid_ssml", "SSML must not contain a DOCTYPE or entity declarations")
+    try:
+        root = ET.fromstring(ssml.strip())
+    except ET.ParseError as exc:
+        raise FrontendError("invalid_ssml", f"SSML is not well-formed XML: {exc}") from None
+    if _local(root.tag) != "speak":
+        raise FrontendError("invalid_ssml", "SSML must have <speak> as its root element")
+    walker = _SsmlWalker(speed)
+    walker.walk(root, walker.base)
+    return walker.segments

@@ -1,0 +1,28 @@
+import asyncio
+import signal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from synthesis.worker import ModelWorker
+
+
+class Command(BaseCommand):
+    help = "Run a model worker: load engines once and serve synthesis jobs from the channel layer."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--engines", default=",".join(settings.TTS_ENGINES))
+        parser.add_argument("--capacity", type=int, default=settings.TTS_WORKER_CAPACITY)
+
+    def handle(self, *args, engines, capacity, **options):
+        names = [name.strip() for name in engines.split(",") if name.strip()]
+        asyncio.run(self._serve(names, capacity))
+
+    async def _serve(self, names, capacity):
+        worker = ModelWorker(engine_names=names, capacity=capacity)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.load()
+        self.stderr.write(f"tts_worker {worker.worker_id}: {worker.describe()['engines']}")
+        await worker.run()

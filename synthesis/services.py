@@ -1,0 +1,218 @@
+"""A synthesis request from validation to usage row: the one place that knows the whole lifecycle.
+
+`prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
+`stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
+"""
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework import status
+
+from callwaiting.errors import ApiError
+from synthesis import audio, metrics, workers
+from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
+from synthesis.frontend import FrontendError, plain_text_segments, spoken_characters, ssml_segments
+from tenants import selectors as tenant_selectors
+from tenants import services as tenant_services
+from tenants.models import ApiKey, UsageRecord
+from voices.models import Voice
+from voices.selectors import voice_get_for_tenant
+
+
+def _primary(language: str) -> str:
+    return language.replace("_", "-").split("-")[0].lower()
+
+
+def _voice_language(voice: Voice, requested: str) -> str:
+    """The request's language if the voice speaks it; the voice's own when none was asked for."""
+    if not requested:
+        return voice.language
+    if _primary(requested) not in {_primary(language) for language in voice.languages}:
+        raise ApiError(
+            "unsupported_language",
+            f"Voice '{voice.voice_id}' speaks {', '.join(voice.languages)}, not '{requested}'.",
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )
+    return requested
+
+
+def _stream_slot_key(tenant_id: int) -> str:
+    return f"tts:streams:{tenant_id}"
+
+
+class SynthesisSession:
+    def __init__(self, *, api_key: ApiKey, request_id: uuid.UUID | None = None):
+        self.api_key = api_key
+        self.tenant = api_key.tenant
+        self.request_id = request_id or uuid.uuid4()
+        self.started = time.perf_counter()
+        self.voice_id = ""
+        self.engine = ""
+        self.language = ""
+        self.characters = 0
+        self.streaming = True
+        self.audio_format = "wav"
+        self.stream: WorkerStream | None = None
+        self.first_audio_at: float | None = None
+        self.pcm_bytes = 0
+        self._slot_held = False
+        self._closed = False
+
+    # --- before any audio ---------------------------------------------------------------------------------
+    def prepare(self, data: dict) -> None:
+        """Validate the request against voice, language, engine, quota and concurrency. Raises ApiError."""
+        self.voice_id, self.streaming, self.audio_format = data["voice_id"], data["streaming"], data["format"]
+        try:
+            if data["ssml"].strip():
+                if len(data["ssml"]) > 4 * settings.TTS_MAX_TEXT_CHARS:
+                    raise ApiError("text_too_long", "SSML markup is too long.", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+                segments = ssml_segments(data["ssml"], speed=data["speed"])
+            else:
+                segments = plain_text_segments(data["text"], speed=data["speed"])
+        except FrontendError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        self.characters = spoken_characters(segments)
+        if self.characters == 0:
+            raise ApiError("empty_text", "Nothing to say: text (or the text inside ssml) is empty.")
+        if self.characters > settings.TTS_MAX_TEXT_CHARS:
+            raise ApiError(
+                "text_too_long",
+                f"Text has {self.characters} characters; the limit is {settings.TTS_MAX_TEXT_CHARS}.",
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        voice = voice_get_for_tenant(tenant=self.tenant, voice_id=self.voice_id)
+        if voice is None:
+            raise ApiError("voice_not_found", f"No voice '{self.voice_id}' for this tenant.", status.HTTP_404_NOT_FOUND)
+        if voice.status != Voice.Status.READY:
+            raise ApiError("voice_not_ready", f"Voice '{voice.voice_id}' is {voice.status}.", status.HTTP_409_CONFLICT)
+        self.engine = voice.engine
+        self.language = _voice_language(voice, data["language"])
+        engine_state = workers.engine_availability().get(voice.engine)
+        if not engine_state or not engine_state["available"]:
+            reason = engine_state["reason"] if engine_state else f"engine {voice.engine!r} is not configured"
+            raise ApiError("engine_unavailable", f"Voice '{voice.voice_id}' cannot be served now: {reason}", 503)
+        self._check_quota()
+        self._take_stream_slot()
+        self.stream = WorkerStream(
+            JobSpec(engine=voice.engine, language=self.language, voice_settings=voice.engine_settings, segments=segments)
+        )
+
+    def _check_quota(self) -> None:
+        quota = self.tenant.monthly_character_quota
+        if quota is None:
+            return
+        used = tenant_selectors.tenant_characters_this_month(tenant=self.tenant)
+        if used + self.characters > quota:
+            raise ApiError(
+                "quota_exceeded",
+                f"Monthly character quota of {quota} reached ({used} used; this request needs {self.characters}).",
+                status.HTTP_402_PAYMENT_REQUIRED,
+            )
+
+    def _take_stream_slot(self) -> None:
+        key = _stream_slot_key(self.tenant.pk)
+        cache.add(key, 0, timeout=3600)
+        if cache.incr(key) > self.tenant.max_concurrent_streams:
+            cache.decr(key)
+            raise ApiError(
+                "too_many_streams",
+                f"This tenant already has {self.tenant.max_concurrent_streams} streams in flight.",
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": "1"},
+            )
+        self._slot_held = True
+        metrics.ACTIVE_STREAMS.labels(self.engine).inc()
+
+    async def start(self) -> bytes:
+        """Dispatch to a worker and wait for the first audio, so errors still get a proper status code."""
+        try:
+            first = await self.stream.start()
+        except DispatchError as exc:
+            await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
+            raise ApiError(exc.code, exc.message, exc.status) from None
+        self._audio(first)
+        return first
+
+    @property
+    def sample_rate(self) -> int:
+        return self.stream.sample_rate
+
+    def _audio(self, chunk: bytes) -> None:
+        if self.first_audio_at is None and chunk:
+            self.first_audio_at = time.perf_counter()
+        self.pcm_bytes += len(chunk)
+
+    # --- the audio ------------------------------------------------------------------------------------------
+    async def stream_body(self, first: bytes) -> AsyncIterator[bytes]:
+        """The response body, sent while it is synthesized. A worker failure mid-stream ends the transfer
+        abruptly (never a short file that looks complete); a client that goes away cancels the job."""
+        outcome, code = UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected"
+        try:
+            prefix = audio.wav_header(sample_rate=self.sample_rate) if self.audio_format == "wav" else b""
+            yield prefix + first
+            async for chunk in self.stream.chunks():
+                self._audio(chunk)
+                yield chunk
+            outcome, code = UsageRecord.Status.SUCCESS, ""
+        except DispatchError as exc:
+            outcome, code = UsageRecord.Status.ERROR, exc.code
+            raise
+        finally:
+            if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
+                await self.stream.cancel()
+            await sync_to_async(self.close)(outcome, code)
+
+    async def collect(self, first: bytes) -> bytes:
+        """The whole clip, for streaming=false."""
+        parts = [first]
+        try:
+            async for chunk in self.stream.chunks():
+                self._audio(chunk)
+                parts.append(chunk)
+        except DispatchError as exc:
+            await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
+            raise ApiError(exc.code, exc.message, exc.status) from None
+        await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
+        pcm = b"".join(parts)
+        return audio.wav_file(pcm, sample_rate=self.sample_rate) if self.audio_format == "wav" else pcm
+
+    # --- the end --------------------------------------------------------------------------------------------
+    def close(self, outcome: str, error_code: str = "") -> None:
+        """Release the stream slot, count metrics and write the usage row; once per request."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._slot_held:
+            cache.decr(_stream_slot_key(self.tenant.pk))
+            metrics.ACTIVE_STREAMS.labels(self.engine).dec()
+        total = time.perf_counter() - self.started
+        ttfa = self.first_audio_at - self.started if self.first_audio_at else None
+        seconds = audio.pcm_seconds(self.pcm_bytes, self.stream.sample_rate if self.stream else 0)
+        engine = self.engine or "none"
+        metrics.REQUESTS.labels(engine, outcome).inc()
+        if outcome == UsageRecord.Status.ERROR:
+            metrics.ERRORS.labels(engine, error_code).inc()
+        else:
+            metrics.CHARACTERS.labels(engine).inc(self.characters)
+            metrics.AUDIO_SECONDS.labels(engine).inc(seconds)
+            metrics.REQUEST_DURATION.labels(engine).observe(total)
+            if ttfa is not None:
+                metrics.TIME_TO_FIRST_AUDIO.labels(engine).observe(ttfa)
+        tenant_services.usage_record(
+            request_id=self.request_id,
+            tenant_id=self.tenant.pk,
+            api_key_id=self.api_key.pk,
+            voice_id=self.voice_id,
+            engine=self.engine,
+            language=self.language,
+            characters=self.characters,
+            audio_seconds=round(seconds, 4),
+            time_to_first_audio_ms=round(ttfa * 1000, 2) if ttfa is not None else None,
+            total_ms=round(total * 1000, 2),
+            status=outcome,
+            error_code=error_code,
+        )

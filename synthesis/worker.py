@@ -1,0 +1,228 @@
+"""The model worker: holds the engines, takes synthesis jobs from the channel layer while it has room, and
+sends audio back to each job's reply channel as it is produced.
+
+In the embedded mode it runs as a task inside the web process (in-memory channel layer); in production it
+is `python manage.py tts_worker`, one process per GPU, over channels_redis. The code is the same.
+
+Protocol (all messages are dicts on the channel layer):
+  web -> TTS_JOB_CHANNEL   {"type": "tts.job", "job_id", "reply_channel", "engine", "language",
+                            "voice_settings", "segments", "accept_by"}
+  worker -> reply_channel  {"type": "tts.accepted", "job_id", "worker_id", "worker_channel", "sample_rate"}
+                           {"type": "tts.audio", "job_id", "seq", "pcm"}   (16-bit mono PCM)
+                           {"type": "tts.done", "job_id", "samples"}
+                           {"type": "tts.error", "job_id", "code", "message"}
+  web -> worker_channel    {"type": "tts.cancel", "job_id"}
+"""
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from synthesis import workers
+from synthesis.audio import silence
+from synthesis.engines import LoadedEngine, load_engine
+from synthesis.engines.base import EngineError, Prosody
+
+logger = logging.getLogger(__name__)
+
+# Audio waiting between an engine thread and the channel layer, per job: enough to absorb jitter, small
+# enough that a stalled consumer stops the engine instead of letting it buffer the whole utterance.
+_PENDING_CHUNKS = 8
+_SILENCE_CHUNK_MS = 100
+_END = object()
+
+
+class _Job:
+    def __init__(self, message: dict):
+        self.id = message["job_id"]
+        self.message = message
+        self.cancelled = threading.Event()
+
+
+class ModelWorker:
+    def __init__(self, *, engine_names: list[str], capacity: int, worker_id: str | None = None):
+        self.engine_names = engine_names
+        self.capacity = capacity
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.engines: dict[str, LoadedEngine] = {}
+        self.jobs: dict[str, _Job] = {}
+        self.layer = get_channel_layer()
+        self.channel = ""
+        self._slots = asyncio.Semaphore(capacity)
+        self._threads = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="tts-engine")
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # engines loaded and announced
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name in self.engine_names:
+            loaded = await loop.run_in_executor(self._threads, load_engine, name)
+            self.engines[name] = loaded
+            if loaded.available:
+                logger.info("worker %s: engine %s loaded", self.worker_id, name)
+            else:
+                logger.warning("worker %s: engine %s unavailable: %s", self.worker_id, name, loaded.reason)
+        self.channel = await self.layer.new_channel("tts.worker.")
+
+    async def run(self) -> None:
+        if not self.channel:
+            await self.load()
+        tasks = [asyncio.create_task(coro) for coro in (self._heartbeat_loop(), self._control_loop())]
+        try:
+            await self._job_loop()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.to_thread(workers.worker_gone, worker_id=self.worker_id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def describe(self) -> dict:
+        return {
+            "engines": {name: loaded.status() for name, loaded in self.engines.items()},
+            "capacity": self.capacity,
+            "load": len(self.jobs),
+            "channel": self.channel,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(workers.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
+                self.ready.set()
+            except Exception:  # a cache outage must not kill the worker; the next beat retries
+                logger.exception("worker %s: heartbeat failed", self.worker_id)
+            await asyncio.sleep(settings.TTS_WORKER_HEARTBEAT_SECONDS)
+
+    async def _job_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()  # take a job only while there is room for it
+            receive = asyncio.create_task(self.layer.receive(settings.TTS_JOB_CHANNEL))
+            stop = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                self._slots.release()
+                break
+            stop.cancel()
+            job = _Job(receive.result())
+            self.jobs[job.id] = job
+            asyncio.create_task(self._serve_and_release(job))
+
+    async def _control_loop(self) -> None:
+        while True:
+            message = await self.layer.receive(self.channel)
+            if message.get("type") == "tts.cancel" and message.get("job_id") in self.jobs:
+                self.jobs[message["job_id"]].cancelled.set()
+
+    # --- one job ------------------------------------------------------------------------------------------
+    async def _serve_and_release(self, job: _Job) -> None:
+        try:
+            await self._serve(job)
+        except Exception:
+            logger.exception("worker %s: job %s failed", self.worker_id, job.id)
+            await self._reply(job, "tts.error", code="worker_failed", message="The model worker failed on this job.")
+        finally:
+            self.jobs.pop(job.id, None)
+            self._slots.release()
+
+    async def _reply(self, job: _Job, kind: str, **fields) -> None:
+        await self.layer.send(job.message["reply_channel"], {"type": kind, "job_id": job.id, **fields})
+
+    async def _serve(self, job: _Job) -> None:
+        message = job.message
+        if time.time() > message.get("accept_by", float("inf")):
+            return  # the client was already told no worker was available
+        loaded = self.engines.get(message["engine"])
+        await self._reply(
+            job,
+            "tts.accepted",
+            worker_id=self.worker_id,
+            worker_channel=self.channel,
+            sample_rate=loaded.info.sample_rate if loaded and loaded.available else 0,
+        )
+        if loaded is None or not loaded.available:
+            reason = loaded.reason if loaded else f"this worker does not run the {message['engine']!r} engine"
+            await self._reply(job, "tts.error", code="engine_unavailable", message=reason)
+            return
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
+        render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
+        seq = samples = 0
+        while (chunk := await pending.get()) is not _END:
+            if job.cancelled.is_set():
+                continue  # drain so the engine thread is never stuck on a full queue
+            await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
+            seq += 1
+            samples += len(chunk) // 2
+        try:
+            await render
+        except EngineError as exc:
+            await self._reply(job, "tts.error", code=exc.code, message=exc.message)
+            return
+        if not job.cancelled.is_set():
+            await self._reply(job, "tts.done", samples=samples)
+
+    def _render(self, job: _Job, loaded: LoadedEngine, pending: asyncio.Queue, loop) -> None:
+        """Runs in an engine thread: renders each segment, handing chunks to the event loop as they come."""
+
+        def emit(chunk: bytes) -> bool:
+            if job.cancelled.is_set():
+                return False
+            asyncio.run_coroutine_threadsafe(pending.put(chunk), loop).result()
+            return not job.cancelled.is_set()
+
+        message = job.message
+        try:
+            for segment in message["segments"]:
+                if job.cancelled.is_set():
+                    break
+                if "pause_ms" in segment:
+                    gap = silence(milliseconds=segment["pause_ms"], sample_rate=loaded.info.sample_rate)
+                    step = len(silence(milliseconds=_SILENCE_CHUNK_MS, sample_rate=loaded.info.sample_rate))
+                    for start in range(0, len(gap), step):
+                        if not emit(gap[start : start + step]):
+                            break
+                    continue
+                loaded.engine.synthesize(
+                    text=segment["text"],
+                    language=message["language"],
+                    voice_settings=message["voice_settings"],
+                    prosody=Prosody(rate=segment["rate"], pitch=segment["pitch"], volume=segment["volume"]),
+                    emit=emit,
+                )
+        finally:
+            asyncio.run_coroutine_threadsafe(pending.put(_END), loop).result()
+
+
+# --- the embedded worker ------------------------------------------------------------------------------------
+_embedded: dict = {"loop": None, "task": None, "worker": None}
+
+
+def ensure_embedded_worker() -> ModelWorker | None:
+    """Start the in-process worker on the running event loop, once (embedded mode only)."""
+    if not settings.TTS_EMBEDDED_WORKER:
+        return None
+    loop = asyncio.get_running_loop()
+    task = _embedded["task"]
+    if _embedded["loop"] is loop and task is not None and not task.done():
+        return _embedded["worker"]
+    if _embedded["loop"] is not None and _embedded["loop"] is not loop:
+        # A new event loop (each test drives its own): the in-memory layer's queues belong to the old one.
+        from channels.layers import channel_layers
+
+        channel_layers.backends.pop("default", None)
+    worker = ModelWorker(engine_names=settings.TTS_ENGINES, capacity=settings.TTS_WORKER_CAPACITY)
+    _embedded.update(loop=loop, worker=worker, task=loop.create_task(worker.run()))
+    return worker

@@ -1,0 +1,59 @@
+"""Where model workers announce themselves: a heartbeat per worker in Django's cache (Redis in production).
+
+The web tier reads this to know which engines are served, by whom, and with how much room.
+"""
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+
+_INDEX_KEY = "tts:workers"
+
+
+def _worker_key(worker_id: str) -> str:
+    return f"tts:worker:{worker_id}"
+
+
+def _ttl() -> float:
+    # Three missed beats and a worker is gone.
+    return settings.TTS_WORKER_HEARTBEAT_SECONDS * 3
+
+
+def worker_heartbeat(*, worker_id: str, info: dict) -> None:
+    cache.set(_worker_key(worker_id), {**info, "worker_id": worker_id, "heartbeat_at": time.time()}, timeout=_ttl() + 1)
+    index = set(cache.get(_INDEX_KEY) or ())
+    if worker_id not in index:
+        # A racing worker may overwrite this; each beat adds itself again, so the index heals within one beat.
+        cache.set(_INDEX_KEY, sorted(index | {worker_id}), timeout=None)
+
+
+def worker_gone(*, worker_id: str) -> None:
+    cache.delete(_worker_key(worker_id))
+    cache.set(_INDEX_KEY, sorted(set(cache.get(_INDEX_KEY) or ()) - {worker_id}), timeout=None)
+
+
+def live_workers() -> list[dict]:
+    index = list(cache.get(_INDEX_KEY) or ())
+    if not index:
+        return []
+    found = cache.get_many([_worker_key(worker_id) for worker_id in index])
+    now = time.time()
+    live = [info for info in found.values() if now - info["heartbeat_at"] <= _ttl()]
+    if len(found) < len(index):
+        cache.set(_INDEX_KEY, sorted(info["worker_id"] for info in found.values()), timeout=None)
+    return sorted(live, key=lambda info: info["worker_id"])
+
+
+def engine_availability() -> dict[str, dict]:
+    """Per configured engine: available when at least one live worker serves it; else the reason why not."""
+    workers = live_workers()
+    out = {}
+    for name in settings.TTS_ENGINES:
+        serving = [w for w in workers if w["engines"].get(name, {}).get("available")]
+        if serving:
+            out[name] = {**serving[0]["engines"][name], "workers": len(serving)}
+            continue
+        reasons = {w["engines"][name]["reason"] for w in workers if name in w["engines"]}
+        reason = "; ".join(sorted(reasons)) or f"no live model worker serves the {name!r} engine"
+        out[name] = {"available": False, "reason": reason, "workers": 0}
+    return out

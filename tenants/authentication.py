@@ -1,0 +1,51 @@
+"""`Authorization: Bearer sk_...` for DRF views."""
+from dataclasses import dataclass
+
+from rest_framework import authentication, exceptions
+
+from tenants import selectors, services
+from tenants.models import ApiKey, Tenant
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    """request.user for key-authenticated requests: the tenant acting through one of its keys."""
+
+    api_key: ApiKey
+    is_authenticated: bool = True
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.api_key.tenant
+
+
+class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
+    def __init__(self, code: str, message: str):
+        super().__init__(detail=message)
+        self.custom_code = code
+
+
+def authenticate_authorization_header(header: str | None) -> ApiKey | None:
+    """None when no key was presented; raises KeyAuthenticationFailed for a bad one."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise KeyAuthenticationFailed("malformed_authorization", "Authorization header must be 'Bearer <api_key>'.")
+    try:
+        api_key = selectors.api_key_authenticate(plaintext=token.strip())
+    except selectors.KeyRejected as rejected:
+        raise KeyAuthenticationFailed(rejected.code, rejected.message) from None
+    services.api_key_mark_used(api_key=api_key)
+    return api_key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        api_key = authenticate_authorization_header(request.META.get("HTTP_AUTHORIZATION"))
+        if api_key is None:
+            return None
+        return ApiPrincipal(api_key=api_key), api_key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'

@@ -1,0 +1,52 @@
+"""API key format and hashing.
+
+A key reads `sk_<kind>_<lookup id><secret>`: the lookup id (12 chars) finds the row with one indexed query,
+the secret (32 chars) is checked against a SHA-256 hash with a constant-time compare. Keys carry 190 bits
+of randomness, so a fast hash is the right choice (a slow password hash would only add latency to every
+request without adding security against guessing).
+"""
+import hashlib
+import hmac
+import re
+import secrets
+import string
+from dataclasses import dataclass
+
+KINDS = ("prod", "test", "admin")
+LOOKUP_LENGTH = 12
+SECRET_LENGTH = 32
+_ALPHABET = string.ascii_letters + string.digits
+_KEY_RE = re.compile(rf"^sk_(prod|test|admin)_([A-Za-z0-9]{{{LOOKUP_LENGTH}}})([A-Za-z0-9]{{{SECRET_LENGTH}}})$")
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    kind: str
+    lookup_id: str
+    secret: str
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def generate_key(kind: str) -> tuple[str, ParsedKey]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown key kind {kind!r}; expected one of {', '.join(KINDS)}")
+    parsed = ParsedKey(kind=kind, lookup_id=_random(LOOKUP_LENGTH), secret=_random(SECRET_LENGTH))
+    return f"sk_{kind}_{parsed.lookup_id}{parsed.secret}", parsed
+
+
+def parse_key(plaintext: str) -> ParsedKey | None:
+    match = _KEY_RE.match(plaintext or "")
+    if not match:
+        return None
+    return ParsedKey(kind=match.group(1), lookup_id=match.group(2), secret=match.group(3))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)

@@ -1,0 +1,119 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Tenant(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True, help_text="Suspended tenants cannot authenticate.")
+    requests_per_minute = models.PositiveIntegerField(default=1000)
+    requests_per_hour = models.PositiveIntegerField(default=10000)
+    monthly_character_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Characters of synthesis per calendar month (UTC); empty means no quota."
+    )
+    max_concurrent_streams = models.PositiveIntegerField(default=50)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class TenantMembership(models.Model):
+    """A Django user who may manage a tenant in the portal."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MEMBER = "member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant}"
+
+
+class Scope(models.TextChoices):
+    SYNTHESIZE = "synthesize"
+    VOICES = "voices"
+    UPLOAD = "upload"
+    ADMIN = "admin"
+
+
+class ApiKey(models.Model):
+    class Kind(models.TextChoices):
+        PROD = "prod"
+        TEST = "test"
+        ADMIN = "admin"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.TEST)
+    lookup_id = models.CharField(max_length=12, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    last_four = models.CharField(max_length=4, editable=False)
+    scopes = models.JSONField(default=list, help_text="Any of: synthesize, voices, upload, admin.")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.display_prefix}…{self.last_four} ({self.tenant.slug})"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"sk_{self.kind}_{self.lookup_id}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class UsageRecord(models.Model):
+    """One row per synthesis request; append-only, idempotent on request_id so a retry never double-bills."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success"
+        ERROR = "error"
+        CLIENT_DISCONNECTED = "client_disconnected"
+
+    request_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_records")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records")
+    voice_id = models.CharField(max_length=100, blank=True)
+    engine = models.CharField(max_length=32, blank=True)
+    language = models.CharField(max_length=16, blank=True)
+    characters = models.PositiveIntegerField(default=0)
+    audio_seconds = models.FloatField(default=0.0)
+    time_to_first_audio_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(default=0.0)
+    status = models.CharField(max_length=24, choices=Status.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status}"

@@ -1,0 +1,104 @@
+"""Reads over tenants, keys and usage."""
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from tenants import keys
+from tenants.models import ApiKey, Tenant, UsageRecord
+
+
+class KeyRejected(Exception):
+    """Why a presented key does not authenticate; the message is safe to show to the caller."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def api_key_authenticate(*, plaintext: str) -> ApiKey:
+    parsed = keys.parse_key(plaintext)
+    if parsed is None:
+        raise KeyRejected("malformed_api_key", "API key is malformed; expected sk_<prod|test|admin>_...")
+    api_key = ApiKey.objects.select_related("tenant").filter(lookup_id=parsed.lookup_id).first()
+    if api_key is None or api_key.kind != parsed.kind or not keys.secret_matches(parsed.secret, api_key.secret_hash):
+        raise KeyRejected("invalid_api_key", "API key is not valid.")
+    if api_key.is_revoked:
+        raise KeyRejected("api_key_revoked", "API key has been revoked.")
+    if api_key.is_expired():
+        raise KeyRejected("api_key_expired", "API key has expired.")
+    if not api_key.tenant.is_active:
+        raise KeyRejected("tenant_suspended", "Tenant is suspended.")
+    return api_key
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    return now.astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime | None = None) -> datetime:
+    start = month_start(now)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+def tenant_characters_this_month(*, tenant: Tenant) -> int:
+    """Characters billed this calendar month (UTC). Failed requests are not billed."""
+    total = (
+        UsageRecord.objects.filter(tenant=tenant, created_at__gte=month_start())
+        .exclude(status=UsageRecord.Status.ERROR)
+        .aggregate(total=Sum("characters"))["total"]
+    )
+    return total or 0
+
+
+def _usage_aggregates() -> dict:
+    return dict(
+        requests=Count("id"),
+        characters=Sum("characters"),
+        audio_seconds=Sum("audio_seconds"),
+        errors=Count("id", filter=Q(status=UsageRecord.Status.ERROR)),
+        disconnects=Count("id", filter=Q(status=UsageRecord.Status.CLIENT_DISCONNECTED)),
+    )
+
+
+def _clean(row: dict) -> dict:
+    return {
+        "requests": row["requests"] or 0,
+        "characters": row["characters"] or 0,
+        "audio_seconds": round(row["audio_seconds"] or 0.0, 3),
+        "errors": row["errors"] or 0,
+        "client_disconnects": row["disconnects"] or 0,
+    }
+
+
+def tenant_usage_stats(*, tenant: Tenant, start: datetime, end: datetime) -> dict:
+    """Aggregates of the tenant's usage rows in [start, end): totals, per UTC day and per voice."""
+    rows = UsageRecord.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end)
+    aggregates = _usage_aggregates()
+    by_day = (
+        rows.annotate(day=TruncDate("created_at", tzinfo=dt_timezone.utc))
+        .values("day")
+        .annotate(**aggregates)
+        .order_by("day")
+    )
+    by_voice = rows.values("voice_id").annotate(**aggregates).order_by("voice_id")
+    quota = tenant.monthly_character_quota
+    return {
+        "tenant_id": tenant.slug,
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "totals": _clean(rows.aggregate(**aggregates)),
+        "by_day": [{"date": row["day"].isoformat(), **_clean(row)} for row in by_day],
+        "by_voice": [{"voice_id": row["voice_id"], **_clean(row)} for row in by_voice],
+        "quota": {
+            "monthly_characters": quota,
+            "used_this_month": tenant_characters_this_month(tenant=tenant),
+        },
+        "limits": {
+            "requests_per_minute": tenant.requests_per_minute,
+            "requests_per_hour": tenant.requests_per_hour,
+            "max_concurrent_streams": tenant.max_concurrent_streams,
+        },
+    }

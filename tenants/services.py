@@ -1,0 +1,84 @@
+"""Writes over tenants, keys and usage."""
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants import keys
+from tenants.models import ApiKey, Scope, Tenant, UsageRecord
+
+# last_used_at is informational: refreshing it at most once a minute keeps a write off every request.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    plaintext: str  # shown to the caller exactly once, never stored
+
+
+def tenant_create(*, slug: str, name: str = "", **limits) -> Tenant:
+    tenant = Tenant(slug=slug, name=name or slug, **limits)
+    tenant.full_clean()
+    tenant.save()
+    return tenant
+
+
+def tenant_set_active(*, tenant: Tenant, active: bool) -> Tenant:
+    tenant.is_active = active
+    tenant.save(update_fields=["is_active"])
+    return tenant
+
+
+def validate_scopes(scopes) -> list[str]:
+    valid = set(Scope.values)
+    unknown = [scope for scope in scopes if scope not in valid]
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; expected any of {', '.join(Scope.values)}")
+    # Keep the order stable and drop repeats.
+    return [scope for scope in Scope.values if scope in set(scopes)]
+
+
+def api_key_issue(*, tenant: Tenant, kind: str, scopes, name: str = "", expires_at=None) -> IssuedKey:
+    scopes = validate_scopes(scopes)
+    plaintext, parsed = keys.generate_key(kind)
+    api_key = ApiKey.objects.create(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        lookup_id=parsed.lookup_id,
+        secret_hash=keys.hash_secret(parsed.secret),
+        last_four=plaintext[-4:],
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+    return IssuedKey(api_key=api_key, plaintext=plaintext)
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def api_key_mark_used(*, api_key: ApiKey) -> None:
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+
+
+def usage_record(*, request_id, tenant_id: int, api_key_id: int | None, **fields) -> UsageRecord:
+    """Write the request's usage row once; a second call with the same request id returns the first row."""
+    existing = UsageRecord.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            return UsageRecord.objects.create(
+                request_id=request_id, tenant_id=tenant_id, api_key_id=api_key_id, **fields
+            )
+    except IntegrityError:  # a concurrent retry won the race
+        return UsageRecord.objects.get(request_id=request_id)
