@@ -44,7 +44,7 @@ class WorkerStream:
     def __init__(self, spec: JobSpec):
         self.spec = spec
         self.job_id = uuid.uuid4().hex
-        self.layer = get_channel_layer()
+        self.layer = None  # taken in start(), on the event loop that serves the request
         self.reply_channel = ""
         self.worker_channel = ""
         self.sample_rate = 0
@@ -65,6 +65,7 @@ class WorkerStream:
         from synthesis.worker import ensure_embedded_worker
 
         ensure_embedded_worker()
+        self.layer = get_channel_layer()
         self.reply_channel = await self.layer.new_channel("tts.reply.")
         accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
         await self.layer.send(
