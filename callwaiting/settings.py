@@ -98,6 +98,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache, rate limits, channel layer ---------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Messages (audio chunks of ~100 ms) a channel holds unread before senders wait: per channel in memory, per
+# web process with channels_redis (its process-specific channels share one inbox).
+CHANNEL_CAPACITY = {"capacity": env_int("TTS_CHANNEL_CAPACITY", 1000)}
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -109,12 +112,19 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "cw:channels:", "capacity": 1000, "expiry": 60},
+            "CONFIG": {
+                # redis-py's default 5 s socket timeout would break a worker's blocking wait on an idle queue;
+                # every wait in this project has its own timeout instead.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": "cw:channels:",
+                "expiry": 60,
+                **CHANNEL_CAPACITY,
+            },
         }
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "callwaiting"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": CHANNEL_CAPACITY}}
 
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", True)

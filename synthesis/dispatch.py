@@ -66,7 +66,7 @@ class WorkerStream:
 
         ensure_embedded_worker()
         self.layer = get_channel_layer()
-        self.reply_channel = await self.layer.new_channel("tts.reply.")
+        self.reply_channel = await self.layer.new_channel()
         accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
         await self.layer.send(
             settings.TTS_JOB_CHANNEL,

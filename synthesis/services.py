@@ -40,6 +40,9 @@ def _voice_language(voice: Voice, requested: str) -> str:
     return requested
 
 
+_SLOT_TTL_SECONDS = 3600
+
+
 def _stream_slot_key(tenant_id: int) -> str:
     return f"tts:streams:{tenant_id}"
 
@@ -115,7 +118,9 @@ class SynthesisSession:
 
     def _take_stream_slot(self) -> None:
         key = _stream_slot_key(self.tenant.pk)
-        cache.add(key, 0, timeout=3600)
+        # The counter expires an hour after the last stream starts, so slots leaked by a crashed process heal.
+        if not cache.add(key, 0, timeout=_SLOT_TTL_SECONDS):
+            cache.touch(key, _SLOT_TTL_SECONDS)
         if cache.incr(key) > self.tenant.max_concurrent_streams:
             cache.decr(key)
             raise ApiError(
@@ -187,7 +192,10 @@ class SynthesisSession:
             return
         self._closed = True
         if self._slot_held:
-            cache.decr(_stream_slot_key(self.tenant.pk))
+            try:
+                cache.decr(_stream_slot_key(self.tenant.pk))
+            except ValueError:
+                pass  # the counter expired meanwhile; nothing left to give back
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None

@@ -22,6 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -36,7 +37,13 @@ logger = logging.getLogger(__name__)
 # enough that a stalled consumer stops the engine instead of letting it buffer the whole utterance.
 _PENDING_CHUNKS = 8
 _SILENCE_CHUNK_MS = 100
+# How often a worker blocked on a full reply channel looks again (and checks for cancellation).
+_FULL_RETRY_SECONDS = 0.02
 _END = object()
+
+
+class _ClientGone(Exception):
+    """The web side stopped reading this job's audio."""
 
 
 class _Job:
@@ -59,6 +66,7 @@ class ModelWorker:
         self._threads = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="tts-engine")
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # engines loaded and announced
+        self._job_tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -70,7 +78,9 @@ class ModelWorker:
                 logger.info("worker %s: engine %s loaded", self.worker_id, name)
             else:
                 logger.warning("worker %s: engine %s unavailable: %s", self.worker_id, name, loaded.reason)
-        self.channel = await self.layer.new_channel("tts.worker.")
+        # channels_redis serves all process-specific channels of a layer from one inbox, which only works
+        # when they share the default prefix.
+        self.channel = await self.layer.new_channel()
 
     async def run(self) -> None:
         if not self.channel:
@@ -78,6 +88,8 @@ class ModelWorker:
         tasks = [asyncio.create_task(coro) for coro in (self._heartbeat_loop(), self._control_loop())]
         try:
             await self._job_loop()
+            # Graceful stop: no new jobs were taken; let the ones in flight finish.
+            await asyncio.gather(*self._job_tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
@@ -118,7 +130,9 @@ class ModelWorker:
             stop.cancel()
             job = _Job(receive.result())
             self.jobs[job.id] = job
-            asyncio.create_task(self._serve_and_release(job))
+            task = asyncio.create_task(self._serve_and_release(job))
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_tasks.discard)
 
     async def _control_loop(self) -> None:
         while True:
@@ -130,15 +144,30 @@ class ModelWorker:
     async def _serve_and_release(self, job: _Job) -> None:
         try:
             await self._serve(job)
+        except _ClientGone:
+            logger.info("worker %s: job %s dropped, its client stopped reading", self.worker_id, job.id)
         except Exception:
             logger.exception("worker %s: job %s failed", self.worker_id, job.id)
-            await self._reply(job, "tts.error", code="worker_failed", message="The model worker failed on this job.")
+            try:
+                await self._reply(job, "tts.error", code="worker_failed", message="The model worker failed on this job.")
+            except ChannelFull:
+                pass
         finally:
             self.jobs.pop(job.id, None)
             self._slots.release()
 
     async def _reply(self, job: _Job, kind: str, **fields) -> None:
-        await self.layer.send(job.message["reply_channel"], {"type": kind, "job_id": job.id, **fields})
+        """Send to the job's reply channel; while it is full (slow client) wait, up to TTS_CHUNK_TIMEOUT."""
+        message = {"type": kind, "job_id": job.id, **fields}
+        give_up = time.monotonic() + settings.TTS_CHUNK_TIMEOUT
+        while True:
+            try:
+                return await self.layer.send(job.message["reply_channel"], message)
+            except ChannelFull:
+                if job.cancelled.is_set() or time.monotonic() > give_up:
+                    job.cancelled.set()
+                    raise _ClientGone() from None
+                await asyncio.sleep(_FULL_RETRY_SECONDS)
 
     async def _serve(self, job: _Job) -> None:
         message = job.message
@@ -160,12 +189,19 @@ class ModelWorker:
         pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
         render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
         seq = samples = 0
-        while (chunk := await pending.get()) is not _END:
-            if job.cancelled.is_set():
-                continue  # drain so the engine thread is never stuck on a full queue
-            await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
-            seq += 1
-            samples += len(chunk) // 2
+        chunk = None
+        try:
+            while (chunk := await pending.get()) is not _END:
+                if job.cancelled.is_set():
+                    continue  # drain so the engine thread is never stuck on a full queue
+                await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
+                seq += 1
+                samples += len(chunk) // 2
+        finally:
+            if chunk is not _END:  # leaving early: stop the engine and let its thread run out
+                job.cancelled.set()
+                while await pending.get() is not _END:
+                    pass
         try:
             await render
         except EngineError as exc:

@@ -1,0 +1,202 @@
+"""Operator admin over tenants, keys and usage. Writes with rules go through tenants.services."""
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from tenants.models import ApiKey, Scope, Tenant, TenantMembership, UsageRecord
+from tenants.services import api_key_issue, api_key_revoke, tenant_set_active, validate_scopes
+
+
+class TenantMembershipInline(admin.TabularInline):
+    model = TenantMembership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = [
+        "slug",
+        "name",
+        "is_active",
+        "requests_per_minute",
+        "requests_per_hour",
+        "max_concurrent_streams",
+        "monthly_character_quota",
+        "created_at",
+    ]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+    inlines = [TenantMembershipInline]
+    actions = ["suspend", "reactivate"]
+
+    @admin.action(description="Suspend selected tenants")
+    def suspend(self, request, queryset):
+        for tenant in queryset:
+            tenant_set_active(tenant=tenant, active=False)
+        self.message_user(request, f"Suspended {len(queryset)} tenant(s); their keys no longer authenticate.")
+
+    @admin.action(description="Reactivate selected tenants")
+    def reactivate(self, request, queryset):
+        for tenant in queryset:
+            tenant_set_active(tenant=tenant, active=True)
+        self.message_user(request, f"Reactivated {len(queryset)} tenant(s).")
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "tenant", "role"]
+    list_filter = ["role"]
+    search_fields = ["user__username", "user__email", "tenant__slug"]
+    autocomplete_fields = ["user", "tenant"]
+    list_select_related = ["user", "tenant"]
+
+
+class _ScopesFormMixin(forms.Form):
+    # scopes is a JSON list on the model; operators pick from the known scopes instead of typing JSON.
+    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    def clean_scopes(self):
+        return validate_scopes(self.cleaned_data["scopes"])
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("Expiry must be in the future.")
+        return expires_at
+
+
+class ApiKeyAddForm(_ScopesFormMixin, forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["tenant", "name", "kind", "scopes", "expires_at"]
+
+
+class ApiKeyChangeForm(_ScopesFormMixin, forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["name", "scopes", "expires_at"]
+
+
+class RevokedFilter(admin.SimpleListFilter):
+    title = "revoked"
+    parameter_name = "revoked"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Revoked"), ("no", "Not revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(revoked_at__isnull=True)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "key",
+        "tenant",
+        "name",
+        "kind",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "expires_at",
+    ]
+    list_filter = ["kind", RevokedFilter, "tenant"]
+    search_fields = ["tenant__slug", "name", "lookup_id"]
+    list_select_related = ["tenant"]
+    autocomplete_fields = ["tenant"]
+    actions = ["revoke"]
+    add_fieldsets = [(None, {"fields": ["tenant", "name", "kind", "scopes", "expires_at"]})]
+    # secret_hash is never listed here, so it never reaches the page; kind is part of the plaintext,
+    # so changing it would break the key, and revocation only happens through the action.
+    fieldsets = [
+        (None, {"fields": ["key", "tenant", "kind", "name", "scopes", "expires_at"]}),
+        ("Lifecycle", {"fields": ["created_at", "last_used_at", "revoked_at"]}),
+    ]
+    change_readonly_fields = ["key", "tenant", "kind", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="Key")
+    def key(self, obj):
+        return f"{obj.display_prefix}…{obj.last_four}"
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    def get_fieldsets(self, request, obj=None):
+        return self.add_fieldsets if obj is None else self.fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.change_readonly_fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        kwargs["form"] = ApiKeyAddForm if obj is None else ApiKeyChangeForm
+        return super().get_form(request, obj, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change:  # name, scopes and expiry only; the form holds no secret fields
+            return super().save_model(request, obj, form, change)
+        # A new key must come from api_key_issue so only its hash is stored.
+        data = form.cleaned_data
+        issued = api_key_issue(
+            tenant=data["tenant"],
+            kind=data["kind"],
+            scopes=data["scopes"],
+            name=data["name"],
+            expires_at=data["expires_at"],
+        )
+        # The admin goes on with `obj` (history entry, redirect): make it the issued row.
+        obj.pk = issued.api_key.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+        # Shown this once and never stored or logged: the admin history entry only records "added".
+        messages.success(
+            request,
+            f"New API key for {obj.tenant.slug}: {issued.plaintext} — copy it now, it will not be shown again.",
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {len(queryset)} key(s); they no longer authenticate.")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """Read-only: usage is append-only billing history, written only by the synthesis path."""
+
+    list_display = [
+        "request_id",
+        "tenant",
+        "voice_id",
+        "engine",
+        "characters",
+        "audio_seconds",
+        "time_to_first_audio_ms",
+        "total_ms",
+        "status",
+        "error_code",
+        "created_at",
+    ]
+    list_filter = ["status", "engine", "tenant"]
+    search_fields = ["request_id", "voice_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+    # COUNT(*) over the whole usage table gets slow as it grows; the filtered count is enough.
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    # Note: this also stops deleting a tenant that has usage in the admin; suspend it instead.
+    def has_delete_permission(self, request, obj=None):
+        return False

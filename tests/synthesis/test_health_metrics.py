@@ -1,0 +1,71 @@
+import uuid
+
+import pytest
+
+from synthesis import workers
+from tests.factories import issue_key
+
+
+def test_health_needs_no_key_and_reports_engines_and_the_embedded_worker(asgi):
+    asgi.key = None
+    response = asgi.run(asgi.get, "/v1/health")
+    body = response.json()
+    assert response.status == 200
+    assert body["database"]["ok"] is True
+    assert body["version"]
+    espeak = body["engines"]["espeak"]
+    assert espeak["available"] is True and espeak["sample_rate"] == 22050 and "en" in espeak["languages"]
+    xtts = body["engines"]["xtts"]
+    assert xtts["available"] is False and "xtts" in xtts["reason"]
+    assert body["status"] == "degraded"  # xtts is configured but cannot load here
+    assert len(body["workers"]) == 1 and body["workers"][0]["engines"] == ["espeak"]
+
+
+def test_health_is_unhealthy_503_when_no_worker_serves_any_engine(asgi, settings):
+    settings.TTS_EMBEDDED_WORKER = False
+    response = asgi.run(asgi.get, "/v1/health")
+    assert response.status == 503
+    body = response.json()
+    assert body["status"] == "unhealthy" and body["workers"] == []
+    assert "no live model worker" in body["engines"]["espeak"]["reason"]
+
+
+def test_health_is_ok_when_every_configured_engine_is_served(asgi, settings):
+    settings.TTS_ENGINES = ["espeak"]
+    assert asgi.run(asgi.get, "/v1/health").json()["status"] == "ok"
+
+
+def test_no_worker_gives_503_in_bounded_time(asgi, settings):
+    settings.TTS_EMBEDDED_WORKER = False
+    settings.TTS_JOB_ACCEPT_TIMEOUT = 0.5
+    # A heartbeat left by a worker that has since stopped reading jobs: the web side still must not hang.
+    workers.worker_heartbeat(
+        worker_id="stale", info={"engines": {"espeak": {"available": True}}, "capacity": 1, "load": 0}
+    )
+    request_id = str(uuid.uuid4())
+    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": "anyone there?"}, headers={"X-Request-ID": request_id})
+    assert response.status == 503
+    assert response.json()["error"]["code"] == "no_worker_available"
+
+
+def test_metrics_in_prometheus_format_for_admin_keys(asgi):
+    asgi.run(asgi.post, "/v1/synthesize", json={"text": "Count me"})
+    asgi.run(asgi.post, "/v1/synthesize", json={"text": "hi", "voice_id": "nope"})
+    response = asgi.run(asgi.get, "/v1/metrics")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.body.decode()
+    lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert lines['tts_requests_total{engine="espeak",status="success"}'] >= 1
+    assert lines['tts_errors_total{code="voice_not_found",engine="none"}'] >= 1
+    assert lines['tts_time_to_first_audio_seconds_count{engine="espeak"}'] >= 1
+    assert lines['tts_request_duration_seconds_count{engine="espeak"}'] >= 1
+    assert lines['tts_active_streams{engine="espeak"}'] == 0
+    assert lines["tts_workers_live"] == 1
+    assert "# TYPE tts_time_to_first_audio_seconds histogram" in text
+
+
+def test_metrics_refuse_keys_without_admin_scope(asgi):
+    asgi.key = issue_key(asgi.tenant, scopes=["synthesize", "voices"])
+    response = asgi.run(asgi.get, "/v1/metrics")
+    assert response.status == 403 and response.json()["error"]["code"] == "missing_scope"

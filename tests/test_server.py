@@ -1,0 +1,106 @@
+"""The service as a user runs it: a real daphne process, spoken to over TCP like the README's curl commands."""
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("server")
+    env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if env.get("REDIS_URL"):
+        # Its own Redis database: the test process flushes its cache between tests.
+        env["REDIS_URL"] = urlsplit(env["REDIS_URL"])._replace(path="/14").geturl()
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True, cwd=ROOT)
+    out = subprocess.run([*manage, "bootstrap_demo"], env=env, check=True, cwd=ROOT, capture_output=True, text=True)
+    key = out.stdout.strip().rsplit(" ", 1)[-1]
+    port = _free_port()
+    daphne = Path(sys.executable).with_name("daphne")
+    process = subprocess.Popen(
+        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"daphne did not start: {process.stderr.read().decode()[-2000:]}")
+    yield {"port": port, "key": key}
+    process.terminate()
+    process.wait(10)
+
+
+def _connection(server) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", server["port"], timeout=20)
+
+
+def test_health_over_http(server):
+    connection = _connection(server)
+    connection.request("GET", "/v1/health")
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 200 and body["status"] in {"ok", "degraded"}
+    assert body["engines"]["espeak"]["available"] is True
+
+
+def test_synthesize_streams_a_wav_with_chunked_transfer(server):
+    connection = _connection(server)
+    boundary = uuid.uuid4().hex
+    fields = {"text": "Hello from CallWaiting. " * 20, "voice_id": "default"}
+    body = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n' for name, value in fields.items()
+    ) + f"--{boundary}--\r\n"
+    connection.request(
+        "POST", "/v1/synthesize", body=body.encode(),
+        headers={"Authorization": f"Bearer {server['key']}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type") == "audio/wav"
+    # No Content-Length: the body is sent in chunks while it is synthesized.
+    assert response.getheader("Transfer-Encoding") == "chunked" and response.getheader("Content-Length") is None
+    first = response.read1(65536)
+    assert first[:4] == b"RIFF"
+    rest = response.read()
+    assert rest  # more audio followed the first read
+    seconds = (len(first) + len(rest) - 44) / 2 / 22050
+    assert seconds > 5
+
+
+def test_bad_key_over_http_is_401_in_the_error_shape(server):
+    connection = _connection(server)
+    connection.request("GET", "/v1/voices", headers={"Authorization": "Bearer sk_test_nope"})
+    response = connection.getresponse()
+    assert response.status == 401
+    assert json.loads(response.read())["error"]["code"] == "malformed_api_key"
+
+
+def test_unknown_path_is_404_in_the_error_shape(server):
+    connection = _connection(server)
+    connection.request("GET", "/v2/nothing")
+    response = connection.getresponse()
+    assert response.status == 404
+    assert json.loads(response.read())["error"]["code"] == "not_found"
