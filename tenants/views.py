@@ -1,4 +1,4 @@
-from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+from datetime import datetime, time, timedelta, timezone as dt_timezone
 
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime

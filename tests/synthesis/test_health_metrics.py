@@ -1,6 +1,5 @@
 import uuid
 
-import pytest
 
 from synthesis import workers
 from tests.factories import issue_key

@@ -25,5 +25,5 @@ class Command(BaseCommand):
         try:
             tenant = tenant_create(slug=slug, name=name, **{k: v for k, v in limits.items() if v is not None})
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items()))
+            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())) from None
         self.stderr.write(f"Created tenant {tenant.slug}.")
