@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP (Django) now, WebSocket routes join here through Channels' ProtocolTypeRouter."""
 import asyncio
+import json
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,6 +10,8 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
+
+from callwaiting.errors import error_body  # noqa: E402
 
 from synthesis.worker import ensure_embedded_worker  # noqa: E402
 
@@ -31,4 +34,23 @@ class EmbeddedWorkerMiddleware:
         return await self.app(scope, receive, send)
 
 
-application = EmbeddedWorkerMiddleware(ProtocolTypeRouter({"http": django_application}))
+class UploadSizeLimitMiddleware:
+    """Refuse an upload that declares a body over the limit before any of it is read."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/v1/voices/upload":
+            declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
+            limit = settings.TTS_MAX_UPLOAD_BYTES + 64 * 1024  # room for the form's other fields
+            if declared.isdigit() and int(declared) > limit:
+                body = json.dumps(error_body("upload_too_large", f"Uploads are limited to {limit} bytes.")).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        return await self.app(scope, receive, send)
+
+
+application = UploadSizeLimitMiddleware(EmbeddedWorkerMiddleware(ProtocolTypeRouter({"http": django_application})))

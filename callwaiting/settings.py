@@ -138,6 +138,30 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
 
+# --- media storage: reference audio and conditioning latents of cloned voices ---------------------------------
+# Local folder by default; any S3-compatible store when a bucket is configured (AWS_* / S3 endpoint variables
+# of django-storages: AWS_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_S3_REGION_NAME).
+AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")
+STORAGES = {
+    "default": (
+        {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"default_acl": None, "querystring_auth": True}}
+        if AWS_STORAGE_BUCKET_NAME
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(MEDIA_ROOT)}}
+    ),
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads above this size are written to a temporary file, never held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+# --- Celery: voice processing. Embedded: tasks run in-process when enqueued; production: Redis broker. -------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_ACKS_LATE = True  # tasks are idempotent: a worker that dies mid-task hands it to another
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+
 # --- REST framework ---------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
@@ -168,6 +192,24 @@ TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 2.0)
 TTS_VOICES_CONFIG = Path(os.environ.get("TTS_VOICES_CONFIG", BASE_DIR / "config" / "voices.json"))
 # eSpeak NG hands audio over in blocks of this many milliseconds.
 ESPEAK_CHUNK_MS = env_int("ESPEAK_CHUNK_MS", 100)
+
+# XTTS v2: weights from XTTS_MODEL_DIR, or downloaded once into TTS_HOME when the license is accepted
+# (TTS_AGREE_TO_CPML=1 or COQUI_TOS_AGREED=1). Streaming: a small first chunk for time to first audio, larger
+# ones after it; the HiFi-GAN window's left context and right lookahead are in decoder frames (256 samples).
+XTTS_MODEL_DIR = os.environ.get("XTTS_MODEL_DIR", "")
+XTTS_DEVICE = os.environ.get("XTTS_DEVICE", "")  # empty: CUDA when available, else CPU
+XTTS_FIRST_CHUNK_TOKENS = env_int("XTTS_FIRST_CHUNK_TOKENS", 8)
+XTTS_CHUNK_TOKENS = env_int("XTTS_CHUNK_TOKENS", 24)
+XTTS_CONTEXT_FRAMES = env_int("XTTS_CONTEXT_FRAMES", 32)
+XTTS_LOOKAHEAD_FRAMES = env_int("XTTS_LOOKAHEAD_FRAMES", 16)
+XTTS_CONDITIONING_CACHE = env_int("XTTS_CONDITIONING_CACHE", 64)
+
+# Voice cloning uploads.
+TTS_CLONING_ENGINE = os.environ.get("TTS_CLONING_ENGINE", "xtts")
+TTS_MAX_UPLOAD_BYTES = env_int("TTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+TTS_REFERENCE_MIN_SECONDS = env_float("TTS_REFERENCE_MIN_SECONDS", 3.0)
+TTS_REFERENCE_MAX_SECONDS = env_float("TTS_REFERENCE_MAX_SECONDS", 60.0)
+TTS_CLONE_TIMEOUT = env_float("TTS_CLONE_TIMEOUT", 120.0)
 
 LOGGING = {
     "version": 1,

@@ -3,11 +3,13 @@ from django.urls import path
 
 from synthesis.views import HealthView, MetricsView, SynthesizeView
 from tenants.views import TenantStatsView
-from voices.views import VoiceListView
+from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
 
 urlpatterns = [
     path("v1/synthesize", SynthesizeView.as_view(), name="synthesize"),
     path("v1/voices", VoiceListView.as_view(), name="voices"),
+    path("v1/voices/upload", VoiceUploadView.as_view(), name="voice-upload"),
+    path("v1/voices/<slug:voice_id>", VoiceDetailView.as_view(), name="voice-detail"),
     path("v1/health", HealthView.as_view(), name="health"),
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),

@@ -35,19 +35,19 @@ class JobSpec:
 
 
 # Worker errors that are the request's fault rather than the service's.
-_CLIENT_ERROR_CODES = {"invalid_voice_settings": 422, "unsupported_language": 422}
+_CLIENT_ERROR_CODES = {
+    "invalid_voice_settings": 422, "unsupported_language": 422, "text_too_long": 413, "invalid_audio": 422,
+}
 
 
-class WorkerStream:
-    """One synthesis job in flight: `start()` waits for the first audio, `chunks()` yields the rest."""
+class WorkerJob:
+    """A job sent to whichever model worker takes it, with a private reply channel for its answers."""
 
-    def __init__(self, spec: JobSpec):
-        self.spec = spec
+    def __init__(self):
         self.job_id = uuid.uuid4().hex
-        self.layer = None  # taken in start(), on the event loop that serves the request
+        self.layer = None  # taken in submit(), on the event loop that serves the request
         self.reply_channel = ""
         self.worker_channel = ""
-        self.sample_rate = 0
         self.finished = False
 
     async def _next(self, timeout: float) -> dict:
@@ -58,31 +58,58 @@ class WorkerStream:
                 raise DispatchError(
                     "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
                 ) from None
-            raise DispatchError("worker_timeout", f"The model worker sent no audio for {timeout:g} s.") from None
+            raise DispatchError("worker_timeout", f"The model worker did not answer for {timeout:g} s.") from None
 
-    async def start(self) -> bytes:
-        """Send the job; return the first audio chunk (empty when the clip is silent)."""
+    async def submit(self, kind: str, fields: dict) -> dict:
+        """Send the job and wait until a worker accepts it; returns the acceptance."""
         from synthesis.worker import ensure_embedded_worker
 
         ensure_embedded_worker()
         self.layer = get_channel_layer()
         self.reply_channel = await self.layer.new_channel()
         accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
-        await self.layer.send(
-            settings.TTS_JOB_CHANNEL,
+        message = {"type": kind, "job_id": self.job_id, "reply_channel": self.reply_channel, **fields}
+        await self.layer.send(settings.TTS_JOB_CHANNEL, {**message, "accept_by": time.time() + accept_timeout})
+        accepted = await self._next(accept_timeout)
+        self.worker_channel = accepted["worker_channel"]
+        return accepted
+
+    def _raise(self, message: dict):
+        self.finished = True
+        raise DispatchError(message["code"], message["message"], _CLIENT_ERROR_CODES.get(message["code"], 503))
+
+
+class ConditioningJob(WorkerJob):
+    """Have a worker compute a voice's conditioning latents from its stored reference clip."""
+
+    async def run(self, *, engine: str, reference: str, latents: str) -> str:
+        await self.submit("tts.clone", {"engine": engine, "reference": reference, "latents": latents})
+        message = await self._next(settings.TTS_CLONE_TIMEOUT)
+        if message["type"] == "tts.error":
+            self._raise(message)
+        self.finished = True
+        return message["latents"]
+
+
+class WorkerStream(WorkerJob):
+    """One synthesis job in flight: `start()` waits for the first audio, `chunks()` yields the rest."""
+
+    def __init__(self, spec: JobSpec):
+        super().__init__()
+        self.spec = spec
+        self.sample_rate = 0
+
+    async def start(self) -> bytes:
+        """Send the job; return the first audio chunk (empty when the clip is silent)."""
+        accepted = await self.submit(
+            "tts.job",
             {
-                "type": "tts.job",
-                "job_id": self.job_id,
-                "reply_channel": self.reply_channel,
                 "engine": self.spec.engine,
                 "language": self.spec.language,
                 "voice_settings": self.spec.voice_settings,
                 "segments": [_segment_message(segment) for segment in self.spec.segments],
-                "accept_by": time.time() + accept_timeout,
             },
         )
-        accepted = await self._next(accept_timeout)
-        self.worker_channel = accepted["worker_channel"]
         self.sample_rate = accepted["sample_rate"]
         return await self.next_chunk() or b""
 
@@ -100,8 +127,7 @@ class WorkerStream:
             if kind == "tts.done":
                 self.finished = True
             if kind == "tts.error":
-                self.finished = True
-                raise DispatchError(message["code"], message["message"], _CLIENT_ERROR_CODES.get(message["code"], 503))
+                self._raise(message)
         return None
 
     async def cancel(self) -> None:

@@ -90,8 +90,11 @@ class SynthesisSession:
         voice = voice_get_for_tenant(tenant=self.tenant, voice_id=self.voice_id)
         if voice is None:
             raise ApiError("voice_not_found", f"No voice '{self.voice_id}' for this tenant.", status.HTTP_404_NOT_FOUND)
+        if voice.status == Voice.Status.UNAVAILABLE:
+            raise ApiError("voice_unavailable", f"Voice '{voice.voice_id}' is unavailable: {voice.status_reason}", 503)
         if voice.status != Voice.Status.READY:
-            raise ApiError("voice_not_ready", f"Voice '{voice.voice_id}' is {voice.status}.", status.HTTP_409_CONFLICT)
+            reason = f": {voice.status_reason}" if voice.status_reason else ""
+            raise ApiError("voice_not_ready", f"Voice '{voice.voice_id}' is {voice.status}{reason}", status.HTTP_409_CONFLICT)
         self.engine = voice.engine
         self.language = _voice_language(voice, data["language"])
         engine_state = workers.engine_availability().get(voice.engine)

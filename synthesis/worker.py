@@ -25,11 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 
 from synthesis import workers
 from synthesis.audio import silence
 from synthesis.engines import LoadedEngine, load_engine
 from synthesis.engines.base import EngineError, Prosody
+from voices.audio import AudioError, decode_reference
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +188,9 @@ class ModelWorker:
             reason = loaded.reason if loaded else f"this worker does not run the {message['engine']!r} engine"
             await self._reply(job, "tts.error", code="engine_unavailable", message=reason)
             return
+        if message["type"] == "tts.clone":
+            await self._clone(job, loaded)
+            return
         loop = asyncio.get_running_loop()
         pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
         render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
@@ -209,6 +215,19 @@ class ModelWorker:
             return
         if not job.cancelled.is_set():
             await self._reply(job, "tts.done", samples=samples)
+
+    async def _clone(self, job: _Job, loaded: LoadedEngine) -> None:
+        """Conditioning latents from a stored reference clip, written next to it in storage."""
+        if not loaded.info.supports_cloning:
+            await self._reply(job, "tts.error", code="engine_cannot_clone", message=f"{loaded.name} cannot clone voices")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            name = await loop.run_in_executor(self._threads, _compute_latents, loaded, job.message)
+        except AudioError as exc:
+            await self._reply(job, "tts.error", code=exc.code, message=exc.message)
+            return
+        await self._reply(job, "tts.cloned", latents=name)
 
     def _render(self, job: _Job, loaded: LoadedEngine, pending: asyncio.Queue, loop) -> None:
         """Runs in an engine thread: renders each segment, handing chunks to the event loop as they come."""
@@ -240,6 +259,14 @@ class ModelWorker:
                 )
         finally:
             asyncio.run_coroutine_threadsafe(pending.put(_END), loop).result()
+
+
+def _compute_latents(loaded: LoadedEngine, message: dict) -> str:
+    with default_storage.open(message["reference"], "rb") as handle:
+        samples, rate = decode_reference(handle.read())
+    latents = loaded.engine.compute_conditioning(samples, rate)
+    default_storage.delete(message["latents"])  # a retried job replaces its own earlier result
+    return default_storage.save(message["latents"], ContentFile(latents))
 
 
 # --- the embedded worker ------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ from callwaiting.errors import ApiError
 
 
 class HasScope(permissions.BasePermission):
-    """The view names `required_scope`; a key without it gets 403 missing_scope."""
+    """The view names `required_scope` (or one per HTTP method); a key without it gets 403 missing_scope."""
 
     def has_permission(self, request, view):
         api_key = request.auth
         if api_key is None:
             raise exceptions.NotAuthenticated("An API key is required: Authorization: Bearer <api_key>.")
         scope = getattr(view, "required_scope", None)
+        if isinstance(scope, dict):  # per HTTP method
+            scope = scope.get(request.method)
         if scope and not api_key.has_scope(scope):
             raise ApiError("missing_scope", f"This API key lacks the '{scope}' scope.", status.HTTP_403_FORBIDDEN)
         return True

@@ -10,6 +10,7 @@ class Voice(models.Model):
         READY = "ready"
         PROCESSING = "processing"
         FAILED = "failed"
+        UNAVAILABLE = "unavailable"  # a preloaded voice whose assets are not installed here
 
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.CASCADE, null=True, blank=True, related_name="voices"
@@ -25,6 +26,10 @@ class Voice(models.Model):
     is_preloaded = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
     status_reason = models.TextField(blank=True)
+    # Storage names (default storage) of a cloned voice's files: the upload until it is processed, then the
+    # normalized reference clip; its conditioning latents are named in engine_settings["latents"].
+    source_audio = models.CharField(max_length=300, blank=True)
+    reference_audio = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -40,6 +45,10 @@ class Voice(models.Model):
     def __str__(self) -> str:
         owner = self.tenant.slug if self.tenant_id else "preloaded"
         return f"{self.voice_id} ({owner})"
+
+    @property
+    def stored_files(self) -> list[str]:
+        return [name for name in (self.source_audio, self.reference_audio, self.engine_settings.get("latents")) if name]
 
     @property
     def languages(self) -> list[str]:

@@ -2,6 +2,9 @@
 import json
 from pathlib import Path
 
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 
 from voices.models import Voice
@@ -28,6 +31,14 @@ def _read_preloaded(path: Path) -> dict[str, dict]:
     return voices
 
 
+def _preloaded_status(engine_settings: dict) -> tuple[str, str]:
+    """A preloaded voice built on a reference clip is unavailable (with the reason) until the clip is installed."""
+    clip = engine_settings.get("reference_audio")
+    if clip and not (settings.BASE_DIR / clip).is_file():
+        return Voice.Status.UNAVAILABLE, f"reference clip {clip} is not installed on this server"
+    return Voice.Status.READY, ""
+
+
 @transaction.atomic
 def voices_sync_preloaded(*, path: Path) -> dict[str, list[str]]:
     """Create or update the preloaded voices from config; ones no longer listed are removed. Idempotent."""
@@ -37,6 +48,7 @@ def voices_sync_preloaded(*, path: Path) -> dict[str, list[str]]:
     for voice_id, spec in configured.items():
         values = {field: spec.get(field, "" if field != "engine_settings" else {}) for field in _CONFIG_FIELDS}
         values["language"] = values["language"] or "en"
+        values["status"], values["status_reason"] = _preloaded_status(values["engine_settings"])
         voice = existing.get(voice_id)
         if voice is None:
             Voice.objects.create(tenant=None, voice_id=voice_id, is_preloaded=True, **values)
@@ -52,3 +64,123 @@ def voices_sync_preloaded(*, path: Path) -> dict[str, list[str]]:
     Voice.objects.filter(tenant__isnull=True, voice_id__in=stale).delete()
     report["removed"] = stale
     return report
+
+
+# --- cloning ---------------------------------------------------------------------------------------------------
+class VoiceError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _storage_prefix(voice: Voice) -> str:
+    return f"voices/{voice.tenant_id}/{voice.pk}"
+
+
+def _check_cloning_engine(engine: str, language: str) -> None:
+    from synthesis.workers import engine_availability
+
+    state = engine_availability().get(engine) or {"available": False, "reason": f"engine {engine!r} is not configured"}
+    if not state["available"]:
+        raise VoiceError("engine_unavailable", f"Voice cloning is unavailable: {state['reason']}", 503)
+    if not state.get("supports_cloning"):
+        raise VoiceError("engine_cannot_clone", f"The {engine} engine cannot clone voices.", 422)
+    primary = language.replace("_", "-").split("-")[0].lower()
+    if primary not in {code.split("-")[0] for code in state["languages"]}:
+        raise VoiceError(
+            "unsupported_language", f"{engine} cannot speak '{language}'; it speaks {', '.join(state['languages'])}.", 422
+        )
+
+
+def voice_clone_start(*, tenant, voice_id: str, name: str, description: str, language: str, audio_file) -> Voice:
+    """Record a tenant's new voice as `processing`, keep the upload, and queue its processing (after commit).
+
+    A failed voice with the same id is replaced; any other existing id (or a preloaded one) is a conflict.
+    """
+    from voices.tasks import voice_process_task
+
+    engine = settings.TTS_CLONING_ENGINE
+    _check_cloning_engine(engine, language)
+    if Voice.objects.filter(tenant__isnull=True, voice_id=voice_id).exists():
+        raise VoiceError("voice_exists", f"'{voice_id}' is the id of a preloaded voice; choose another.", 409)
+    with transaction.atomic():
+        existing = Voice.objects.select_for_update().filter(tenant=tenant, voice_id=voice_id).first()
+        if existing is not None and existing.status != Voice.Status.FAILED:
+            raise VoiceError("voice_exists", f"This tenant already has a voice '{voice_id}'.", 409)
+        if existing is not None:
+            voice_delete(voice=existing)
+        voice = Voice.objects.create(
+            tenant=tenant, voice_id=voice_id, name=name, description=description, language=language,
+            engine=engine, status=Voice.Status.PROCESSING,
+        )
+        extension = Path(audio_file.name or "").suffix.lower()[:8] or ".bin"
+        voice.source_audio = default_storage.save(f"{_storage_prefix(voice)}/upload{extension}", audio_file)
+        voice.save(update_fields=["source_audio"])
+        transaction.on_commit(lambda: voice_process_task.delay(voice.pk))
+    return voice
+
+
+def _fail(voice: Voice, reason: str) -> Voice:
+    for name in voice.stored_files:
+        default_storage.delete(name)
+    voice.status, voice.status_reason = Voice.Status.FAILED, reason
+    voice.source_audio = voice.reference_audio = ""
+    voice.engine_settings = {}
+    voice.save()
+    return voice
+
+
+def voice_process(*, voice_id: int) -> Voice | None:
+    """Decode, check and store the reference clip, have a model worker compute its conditioning latents once,
+    and mark the voice ready; on any failure the voice is `failed` with a reason and its files are removed.
+    Idempotent: a voice that is no longer processing (or no longer exists) is left alone."""
+    from asgiref.sync import async_to_sync
+
+    from synthesis.dispatch import ConditioningJob, DispatchError
+    from voices.audio import AudioError, ReferenceLimits, check_reference, decode_reference, encode_wav
+
+    voice = Voice.objects.filter(pk=voice_id, status=Voice.Status.PROCESSING).first()
+    if voice is None:
+        return None
+    try:
+        with default_storage.open(voice.source_audio, "rb") as handle:
+            samples, rate = decode_reference(handle.read())
+        limits = ReferenceLimits(settings.TTS_REFERENCE_MIN_SECONDS, settings.TTS_REFERENCE_MAX_SECONDS)
+        check_reference(samples, rate, limits)
+    except AudioError as exc:
+        return _fail(voice, exc.message)
+    except OSError:
+        return _fail(voice, "the uploaded file is no longer in storage; upload it again")
+    prefix = _storage_prefix(voice)
+    default_storage.delete(f"{prefix}/reference.wav")  # a retried task writes the same clip again
+    voice.reference_audio = default_storage.save(f"{prefix}/reference.wav", ContentFile(encode_wav(samples, rate)))
+    voice.save(update_fields=["reference_audio"])
+    try:
+        latents = async_to_sync(ConditioningJob().run)(
+            engine=voice.engine, reference=voice.reference_audio, latents=f"{prefix}/latents.pt"
+        )
+    except DispatchError as exc:
+        return _fail(voice, f"computing the voice failed: {exc.message}")
+    default_storage.delete(voice.source_audio)
+    voice.source_audio = ""
+    voice.engine_settings = {"latents": latents}
+    voice.status, voice.status_reason = Voice.Status.READY, ""
+    voice.save()
+    return voice
+
+
+def voice_update(*, voice: Voice, **fields) -> Voice:
+    for field, value in fields.items():
+        setattr(voice, field, value)
+    voice.save(update_fields=[*fields, "updated_at"])
+    return voice
+
+
+def voice_delete(*, voice: Voice) -> None:
+    """Remove a tenant's voice and every file it stored."""
+    files = voice.stored_files
+    voice.delete()
+    for name in files:
+        default_storage.delete(name)

@@ -8,6 +8,7 @@ from synthesis.engines.base import Engine, EngineInfo, EngineUnavailable
 
 ENGINE_CLASSES = {
     "espeak": "synthesis.engines.espeak.EspeakEngine",
+    "xtts": "synthesis.engines.xtts.XttsEngine",
 }
 
 
@@ -34,7 +35,15 @@ def build_engine(name: str) -> Engine:
     engine_class = import_string(ENGINE_CLASSES[name])
     if name == "espeak":
         return engine_class(chunk_ms=settings.ESPEAK_CHUNK_MS)
-    return engine_class()
+    return engine_class(
+        model_dir=settings.XTTS_MODEL_DIR,
+        device=settings.XTTS_DEVICE,
+        first_chunk_tokens=settings.XTTS_FIRST_CHUNK_TOKENS,
+        chunk_tokens=settings.XTTS_CHUNK_TOKENS,
+        context_frames=settings.XTTS_CONTEXT_FRAMES,
+        lookahead_frames=settings.XTTS_LOOKAHEAD_FRAMES,
+        cache_size=settings.XTTS_CONDITIONING_CACHE,
+    )
 
 
 def load_engine(name: str) -> LoadedEngine:

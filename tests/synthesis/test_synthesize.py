@@ -160,7 +160,7 @@ def test_client_disconnect_cancels_the_job_and_is_recorded(asgi, engine_tap):
         ({"ssml": "<speak>unclosed"}, 400, "invalid_ssml"),
         ({"text": "hi", "streaming": "maybe"}, 400, "invalid_request"),
         ({"text": "hi", "speed": 9}, 400, "invalid_request"),
-        ({"text": "hi", "voice_id": "naija_female"}, 503, "engine_unavailable"),
+        ({"text": "hi", "voice_id": "naija_female"}, 503, "voice_unavailable"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_a_usage_row(asgi, payload, status, code):
@@ -185,6 +185,13 @@ def test_language_defaults_to_the_voices_own(asgi):
     assert response.status == 200
     explicit = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Bonjour", "voice_id": "fr_female", "language": "fr-FR"})
     assert explicit.status == 200
+
+
+def test_a_voice_whose_engine_cannot_load_answers_503_with_the_reason(asgi):
+    VoiceFactory(tenant=asgi.tenant, voice_id="studio", engine="xtts", engine_settings={"speaker": "Ana Florence"})
+    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": "hi", "voice_id": "studio"})
+    assert response.status == 503 and _error_code(response) == "engine_unavailable"
+    assert "XTTS_MODEL_DIR" in response.json()["error"]["message"]
 
 
 def test_another_tenants_voice_is_404_for_synthesis(asgi):

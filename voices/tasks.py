@@ -1,0 +1,9 @@
+from celery import shared_task
+
+from voices.services import voice_process
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def voice_process_task(voice_id: int) -> None:
+    """Takes an id and is idempotent (see voice_process), so a redelivered task is harmless."""
+    voice_process(voice_id=voice_id)
