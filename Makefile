@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/xtts_vocoder.py
 
 worker: install
 	$(PY) manage.py tts_worker

@@ -1,8 +1,10 @@
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from tests.asgi import AsgiClient
 from tests.factories import TenantFactory, issue_key
 
 
@@ -32,3 +34,38 @@ def api_key(tenant) -> str:
 @pytest.fixture
 def api_client():
     return APIClient()
+
+
+@pytest.fixture(scope="session")
+def tiny_xtts_dir(tmp_path_factory):
+    """The tiny XTTS-shaped checkpoint (random weights, real HiFi-GAN size), built once per test session."""
+    from tests.xtts_tiny import build_tiny_xtts
+
+    return build_tiny_xtts(tmp_path_factory.mktemp("xtts-tiny"))
+
+
+@pytest.fixture
+def xtts_enabled(settings, tiny_xtts_dir, tmp_path):
+    """Workers load XTTS from the tiny checkpoint; media goes to a fresh folder; loading may take a while."""
+    settings.XTTS_MODEL_DIR = str(tiny_xtts_dir)
+    settings.TTS_JOB_ACCEPT_TIMEOUT = 60
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path / "media")},
+    }}
+    return tmp_path / "media"
+
+
+@pytest.fixture
+def live_voices(transactional_db):
+    """Committed rows: the ASGI handler reaches the database from its own threads, as under daphne."""
+    call_command("sync_voices", verbosity=0, stdout=open("/dev/null", "w"))
+
+
+@pytest.fixture
+def asgi(live_voices):
+    """An ASGI client for a new tenant with every scope, and `asgi.run(coro)` to drive it from a sync test."""
+    tenant = TenantFactory()
+    client = AsgiClient(key=issue_key(tenant))
+    client.tenant = tenant
+    client.run = lambda coroutine_function, *args, **kwargs: async_to_sync(coroutine_function)(*args, **kwargs)
+    return client

@@ -1,4 +1,5 @@
 import factory
+import numpy as np
 
 from tenants.models import Tenant
 from tenants.services import api_key_issue
@@ -35,3 +36,13 @@ def issue_key(tenant=None, *, kind="test", scopes=ALL_SCOPES, **extra) -> str:
 
 def bearer(key: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+def voice_like(seconds: float = 4.0, rate: int = 22050, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with a slow vibrato and some breath noise: enough for a speaker encoder to chew on."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 20 * np.sin(2 * np.pi * 3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    tone = sum(np.sin(k * phase) / k for k in range(1, 8))
+    return (0.2 * tone / np.max(np.abs(tone)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)

@@ -1,4 +1,5 @@
 """Engine registry: which engines a worker can load, and the outcome of loading them."""
+import threading
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,27 +30,38 @@ class LoadedEngine:
         return {"available": True, **self.info.as_dict()}
 
 
-def build_engine(name: str) -> Engine:
-    if name not in ENGINE_CLASSES:
-        raise EngineUnavailable(f"no engine named {name!r} is installed in this build")
-    engine_class = import_string(ENGINE_CLASSES[name])
+def _engine_options(name: str) -> dict:
     if name == "espeak":
-        return engine_class(chunk_ms=settings.ESPEAK_CHUNK_MS)
-    return engine_class(
-        model_dir=settings.XTTS_MODEL_DIR,
-        device=settings.XTTS_DEVICE,
-        first_chunk_tokens=settings.XTTS_FIRST_CHUNK_TOKENS,
-        chunk_tokens=settings.XTTS_CHUNK_TOKENS,
-        context_frames=settings.XTTS_CONTEXT_FRAMES,
-        lookahead_frames=settings.XTTS_LOOKAHEAD_FRAMES,
-        cache_size=settings.XTTS_CONDITIONING_CACHE,
-    )
+        return {"chunk_ms": settings.ESPEAK_CHUNK_MS}
+    return {
+        "model_dir": settings.XTTS_MODEL_DIR,
+        "device": settings.XTTS_DEVICE,
+        "first_chunk_tokens": settings.XTTS_FIRST_CHUNK_TOKENS,
+        "chunk_tokens": settings.XTTS_CHUNK_TOKENS,
+        "context_frames": settings.XTTS_CONTEXT_FRAMES,
+        "lookahead_frames": settings.XTTS_LOOKAHEAD_FRAMES,
+        "cache_size": settings.XTTS_CONDITIONING_CACHE,
+    }
+
+
+# Engines are loaded once per process (model weights are big); a worker that restarts inside the same
+# process, as the embedded one does under a new event loop, finds them here.
+_loaded: dict[tuple, LoadedEngine] = {}
+_loaded_lock = threading.Lock()
 
 
 def load_engine(name: str) -> LoadedEngine:
-    try:
-        engine = build_engine(name)
-        info = engine.load()
-    except EngineUnavailable as exc:
-        return LoadedEngine(name=name, engine=None, info=None, reason=str(exc))
-    return LoadedEngine(name=name, engine=engine, info=info)
+    if name not in ENGINE_CLASSES:
+        return LoadedEngine(name=name, engine=None, info=None, reason=f"no engine named {name!r} is installed")
+    options = _engine_options(name)
+    key = (name, tuple(sorted(options.items())))
+    with _loaded_lock:
+        if key in _loaded:
+            return _loaded[key]
+        try:
+            engine = import_string(ENGINE_CLASSES[name])(**options)
+            loaded = LoadedEngine(name=name, engine=engine, info=engine.load())
+        except EngineUnavailable as exc:
+            return LoadedEngine(name=name, engine=None, info=None, reason=str(exc))
+        _loaded[key] = loaded  # only successes: a missing model may be installed before the next try
+        return loaded

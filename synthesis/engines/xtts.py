@@ -93,8 +93,8 @@ class XttsEngine(Engine):
         device: str = "",
         first_chunk_tokens: int = 8,
         chunk_tokens: int = 24,
-        context_frames: int = 32,
-        lookahead_frames: int = 16,
+        context_frames: int = 24,
+        lookahead_frames: int = 12,
         cache_size: int = 64,
         temperature: float = 0.75,
     ):
@@ -150,7 +150,7 @@ class XttsEngine(Engine):
         try:
             config = XttsConfig()
             config.load_json(str(directory / "config.json"))
-            model = Xtts.init_from_config(config)
+            model = Xtts(config)
             model.load_checkpoint(config, checkpoint_dir=str(directory), eval=True)
             model.to(self.device)
         except Exception as exc:

@@ -1,28 +1,8 @@
 import threading
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.core.management import call_command
 
 from synthesis.engines.espeak import EspeakEngine
-from tests.asgi import AsgiClient
-from tests.factories import TenantFactory, issue_key
-
-
-@pytest.fixture
-def live_voices(transactional_db):
-    """Committed rows: the ASGI handler reaches the database from its own threads, as under daphne."""
-    call_command("sync_voices", verbosity=0, stdout=open("/dev/null", "w"))
-
-
-@pytest.fixture
-def asgi(live_voices):
-    """An ASGI client for a new tenant with every scope, and `asgi.run(coro)` to drive it from a sync test."""
-    tenant = TenantFactory()
-    client = AsgiClient(key=issue_key(tenant))
-    client.tenant = tenant
-    client.run = lambda coroutine_function, *args, **kwargs: async_to_sync(coroutine_function)(*args, **kwargs)
-    return client
 
 
 class EngineTap:

@@ -68,3 +68,12 @@ def test_metrics_refuse_keys_without_admin_scope(asgi):
     asgi.key = issue_key(asgi.tenant, scopes=["synthesize", "voices"])
     response = asgi.run(asgi.get, "/v1/metrics")
     assert response.status == 403 and response.json()["error"]["code"] == "missing_scope"
+
+
+def test_health_is_ok_with_xtts_loaded_and_voices_report_its_capabilities(asgi, xtts_enabled):
+    asgi.key = None
+    body = asgi.run(asgi.get, "/v1/health").json()
+    assert body["status"] == "ok"
+    xtts = body["engines"]["xtts"]
+    assert xtts["available"] is True and xtts["sample_rate"] == 24000 and xtts["supports_cloning"] is True
+    assert "en" in xtts["languages"]
