@@ -3,7 +3,7 @@
 # CallWaiting TTS: one image for every process role; the command picks the role.
 #   web        (default CMD)  daphne serving HTTP + WebSocket on $HOST:$PORT
 #   tts worker               python manage.py tts_worker
-#   celery                   celery -A callwaiting worker   (arrives with voice cloning)
+#   celery                   celery -A callwaiting worker   (voice processing)
 # docker-compose.yml wires them into the production topology (PostgreSQL, Redis, separate model workers).
 #
 # No system packages are needed: the espeakng-loader wheel ships libespeak-ng and its data, psycopg[binary]

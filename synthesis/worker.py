@@ -12,6 +12,10 @@ Protocol (all messages are dicts on the channel layer):
                            {"type": "tts.done", "job_id", "samples"}
                            {"type": "tts.error", "job_id", "code", "message"}
   web -> worker_channel    {"type": "tts.cancel", "job_id"}
+Cloning (from the voice-processing task):
+  task -> TTS_JOB_CHANNEL  {"type": "tts.clone", "job_id", "reply_channel", "engine", "reference", "latents",
+                            "accept_by"}   (storage names: the clip to read, where to write the latents)
+  worker -> reply_channel  {"type": "tts.accepted", ...} then {"type": "tts.cloned", "latents"} or tts.error
 """
 import asyncio
 import logging

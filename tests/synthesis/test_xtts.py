@@ -103,7 +103,7 @@ def test_streams_a_cloned_voice_from_its_stored_latents_computed_once(tiny_engin
         chunks = []
         tiny_engine.synthesize(
             text="Hello there. How are you?", language="en", voice_settings={"latents": name}, prosody=Prosody(),
-            emit=lambda chunk: chunks.append(chunk) or True,
+            emit=lambda chunk, out=chunks: out.append(chunk) or True,
         )
         samples = np.frombuffer(b"".join(chunks), dtype="<i2")
         assert len(samples) >= 2 * 256 and np.abs(samples).max() > 0

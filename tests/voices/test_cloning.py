@@ -49,7 +49,12 @@ def _stored_files(media) -> list:
 
 
 @pytest.fixture
-def cloning(asgi, xtts_enabled):
+def cloning(asgi, xtts_enabled, monkeypatch):
+    from callwaiting.celery import app
+
+    # Voice processing runs in-process here, as in the embedded mode; separate Celery workers are exercised
+    # by the production-topology tests.
+    monkeypatch.setattr(app.conf, "task_always_eager", True)
     asgi.media = xtts_enabled
     return asgi
 
