@@ -198,10 +198,10 @@ ESPEAK_CHUNK_MS = env_int("ESPEAK_CHUNK_MS", 100)
 # ones after it; the HiFi-GAN window's left context and right lookahead are in decoder frames (256 samples).
 XTTS_MODEL_DIR = os.environ.get("XTTS_MODEL_DIR", "")
 XTTS_DEVICE = os.environ.get("XTTS_DEVICE", "")  # empty: CUDA when available, else CPU
-XTTS_FIRST_CHUNK_TOKENS = env_int("XTTS_FIRST_CHUNK_TOKENS", 8)
+XTTS_FIRST_CHUNK_TOKENS = env_int("XTTS_FIRST_CHUNK_TOKENS", 6)
 XTTS_CHUNK_TOKENS = env_int("XTTS_CHUNK_TOKENS", 24)
-XTTS_CONTEXT_FRAMES = env_int("XTTS_CONTEXT_FRAMES", 24)
-XTTS_LOOKAHEAD_FRAMES = env_int("XTTS_LOOKAHEAD_FRAMES", 12)
+XTTS_CONTEXT_FRAMES = env_int("XTTS_CONTEXT_FRAMES", 16)
+XTTS_LOOKAHEAD_FRAMES = env_int("XTTS_LOOKAHEAD_FRAMES", 8)
 XTTS_CONDITIONING_CACHE = env_int("XTTS_CONDITIONING_CACHE", 64)
 
 # Voice cloning uploads.

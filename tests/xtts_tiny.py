@@ -69,8 +69,10 @@ def _train_vocab() -> Tokenizer:
     return tokenizer
 
 
-def build_tiny_xtts(directory: Path) -> Path:
+def build_tiny_xtts(directory: Path, **model_args) -> Path:
     """Write config.json, vocab.json and model.pth for a tiny random XTTS v2 into `directory`; return it.
+
+    `model_args` override MODEL_ARGS (the GPU benchmark builds the full-size architecture this way).
 
     model.pth is written last, through a temporary name, so its presence means the build completed.
     """
@@ -82,7 +84,7 @@ def build_tiny_xtts(directory: Path) -> Path:
 
     config = XttsConfig(
         model_args=XttsArgs(
-            **MODEL_ARGS,
+            **{**MODEL_ARGS, **model_args},
             # Xtts.init_models derives these from vocab.json on load; they are set here too, as in the
             # released config, so Xtts.init_from_config builds the GPT before a checkpoint is loaded.
             gpt_number_text_tokens=tokenizer.get_vocab_size(),

@@ -91,10 +91,10 @@ class XttsEngine(Engine):
         *,
         model_dir: str = "",
         device: str = "",
-        first_chunk_tokens: int = 8,
+        first_chunk_tokens: int = 6,
         chunk_tokens: int = 24,
-        context_frames: int = 24,
-        lookahead_frames: int = 12,
+        context_frames: int = 16,
+        lookahead_frames: int = 8,
         cache_size: int = 64,
         temperature: float = 0.75,
     ):
@@ -115,6 +115,7 @@ class XttsEngine(Engine):
         # job of batching in the worker (issue on production topology).
         self._model_lock = threading.Lock()
         self.conditioning_computations = 0
+        self.generation_options: dict = {}  # extra Hugging Face generate() options (benchmarks force lengths)
 
     # --- loading ------------------------------------------------------------------------------------------
     def _checkpoint_dir(self) -> Path:
@@ -261,6 +262,7 @@ class XttsEngine(Engine):
                 top_k=50, top_p=0.85, temperature=self.temperature, do_sample=True, num_beams=1,
                 num_return_sequences=1, length_penalty=1.0, repetition_penalty=10.0,
                 output_attentions=False, output_hidden_states=True, return_dict_in_generate=True,
+                **self.generation_options,
             )
             decoder = _LatentWindowDecoder(
                 self.model.hifigan_decoder, speaker_embedding, speed=prosody.rate,
@@ -270,7 +272,9 @@ class XttsEngine(Engine):
             for _token, latent in generator:
                 latents.append(latent)
                 if len(latents) >= next_decode:
-                    next_decode += self.chunk_tokens
+                    # Chunks double up to chunk_tokens: the first is small for time to first audio, and each
+                    # next one is generated while the audio already sent plays, so playback never starves.
+                    next_decode += min(self.chunk_tokens, len(latents))
                     if not self._emit(decoder.decode(torch.cat(latents, dim=0)[None], final=False), prosody, emit):
                         return False
             if latents:

@@ -54,7 +54,7 @@ def cloning(asgi, xtts_enabled, monkeypatch):
 
     # Voice processing runs in-process here, as in the embedded mode; separate Celery workers are exercised
     # by the production-topology tests.
-    monkeypatch.setattr(app.conf, "task_always_eager", True)
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
     asgi.media = xtts_enabled
     return asgi
 
