@@ -56,7 +56,9 @@ def test_windowed_decoding_matches_one_pass_decoding(tiny_engine, speed):
     latents = torch.randn(1, 90, tiny_engine.model.args.decoder_input_dim)
     g = torch.randn(1, 512, 1)
     with torch.inference_mode():
-        window = _LatentWindowDecoder(decoder, g, speed=speed, context=24, lookahead=12)
+        window = _LatentWindowDecoder(  # the window the engine ships with
+            decoder, g, speed=speed, context=tiny_engine.context_frames, lookahead=tiny_engine.lookahead_frames
+        )
         one_pass = window.decoder.waveform_decoder(window._frames(latents), g=g).reshape(-1)
         pieces, seen = [], 8
         while seen < latents.shape[1]:
