@@ -165,7 +165,11 @@ def voice_process(*, voice_id: int) -> Voice | None:
         return _fail(voice, f"computing the voice failed: {exc.message}")
     default_storage.delete(voice.source_audio)
     voice.source_audio = ""
-    voice.engine_settings = {"latents": latents}
+    from synthesis.workers import engine_availability
+
+    # XTTS speaks every language it knows in a cloned voice, not only the one of the reference clip.
+    languages = engine_availability().get(voice.engine, {}).get("languages") or [voice.language]
+    voice.engine_settings = {"latents": latents, "languages": languages}
     voice.status, voice.status_reason = Voice.Status.READY, ""
     voice.save()
     return voice

@@ -77,6 +77,9 @@ def test_upload_processes_to_ready_and_the_voice_streams(cloning, make, filename
     assert synthesized.status == 200 and synthesized.complete
     assert synthesized.headers["x-sample-rate"] == "24000"
     assert synthesized.body[:4] == b"RIFF" and len(synthesized.body) > 44 + 512
+    assert voice["languages"] == ["en", "es", "fr", "de", "it", "pt"]  # a cloned XTTS voice is multilingual
+    french = cloning.run(cloning.post, "/v1/synthesize", json={"text": "Bonjour.", "voice_id": "my_voice", "language": "fr"})
+    assert french.status == 200
 
 
 def test_latents_are_computed_exactly_once(cloning):
