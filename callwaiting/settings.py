@@ -188,7 +188,10 @@ TTS_JOB_CHANNEL = os.environ.get("TTS_JOB_CHANNEL", "tts.synthesize")
 TTS_JOB_ACCEPT_TIMEOUT = env_float("TTS_JOB_ACCEPT_TIMEOUT", 5.0)
 # How long a stream may go without a chunk before it is treated as failed.
 TTS_CHUNK_TIMEOUT = env_float("TTS_CHUNK_TIMEOUT", 30.0)
-TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 2.0)
+# Workers beat this often; the web side treats a worker silent for TTS_WORKER_DEAD_AFTER seconds as dead
+# (a stream it was serving fails then, instead of waiting for TTS_CHUNK_TIMEOUT).
+TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)
+TTS_WORKER_DEAD_AFTER = env_float("TTS_WORKER_DEAD_AFTER", 1.5)
 TTS_VOICES_CONFIG = Path(os.environ.get("TTS_VOICES_CONFIG", BASE_DIR / "config" / "voices.json"))
 # eSpeak NG hands audio over in blocks of this many milliseconds.
 ESPEAK_CHUNK_MS = env_int("ESPEAK_CHUNK_MS", 100)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from synthesis import workers
 from synthesis.frontend import Pause, Segment
 
 
@@ -48,17 +49,29 @@ class WorkerJob:
         self.layer = None  # taken in submit(), on the event loop that serves the request
         self.reply_channel = ""
         self.worker_channel = ""
+        self.worker_id = ""
         self.finished = False
 
     async def _next(self, timeout: float) -> dict:
-        try:
-            return await asyncio.wait_for(self.layer.receive(self.reply_channel), timeout)
-        except asyncio.TimeoutError:
-            if not self.worker_channel:
+        """The next message from the worker. Once a worker has the job, its heartbeat is checked whenever it
+        is quiet, so a worker that died (kill -9, lost machine) fails the job within TTS_WORKER_DEAD_AFTER."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            wait = min(left, settings.TTS_WORKER_DEAD_AFTER / 3) if self.worker_id else left
+            try:
+                return await asyncio.wait_for(self.layer.receive(self.reply_channel), max(wait, 0))
+            except asyncio.TimeoutError:
+                pass
+            if not self.worker_channel and left <= wait:
                 raise DispatchError(
                     "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
-                ) from None
-            raise DispatchError("worker_timeout", f"The model worker did not answer for {timeout:g} s.") from None
+                )
+            if self.worker_id and not await asyncio.to_thread(workers.worker_alive, self.worker_id):
+                self.finished = True
+                raise DispatchError("worker_lost", "The model worker serving this request stopped; try again.")
+            if left <= wait:
+                raise DispatchError("worker_timeout", f"The model worker did not answer for {timeout:g} s.")
 
     async def submit(self, kind: str, fields: dict) -> dict:
         """Send the job and wait until a worker accepts it; returns the acceptance."""
@@ -71,7 +84,7 @@ class WorkerJob:
         message = {"type": kind, "job_id": self.job_id, "reply_channel": self.reply_channel, **fields}
         await self.layer.send(settings.TTS_JOB_CHANNEL, {**message, "accept_by": time.time() + accept_timeout})
         accepted = await self._next(accept_timeout)
-        self.worker_channel = accepted["worker_channel"]
+        self.worker_channel, self.worker_id = accepted["worker_channel"], accepted["worker_id"]
         return accepted
 
     def _raise(self, message: dict):

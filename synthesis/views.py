@@ -49,6 +49,7 @@ class SynthesizeView(TenantApiView):
         headers = {
             "X-Request-ID": str(session.request_id),
             "X-Sample-Rate": str(session.sample_rate),
+            "X-Worker-Id": session.stream.worker_id,  # which model worker served it, for operators
             "Cache-Control": "no-store",
         }
         if not session.streaming:

@@ -15,8 +15,7 @@ def _worker_key(worker_id: str) -> str:
 
 
 def _ttl() -> float:
-    # Three missed beats and a worker is gone.
-    return settings.TTS_WORKER_HEARTBEAT_SECONDS * 3
+    return settings.TTS_WORKER_DEAD_AFTER
 
 
 def worker_heartbeat(*, worker_id: str, info: dict) -> None:
@@ -30,6 +29,11 @@ def worker_heartbeat(*, worker_id: str, info: dict) -> None:
 def worker_gone(*, worker_id: str) -> None:
     cache.delete(_worker_key(worker_id))
     cache.set(_INDEX_KEY, sorted(set(cache.get(_INDEX_KEY) or ()) - {worker_id}), timeout=None)
+
+
+def worker_alive(worker_id: str) -> bool:
+    info = cache.get(_worker_key(worker_id))
+    return info is not None and time.time() - info["heartbeat_at"] <= _ttl()
 
 
 def live_workers() -> list[dict]:

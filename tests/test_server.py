@@ -21,6 +21,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"daphne did not start on port {port}")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("server")
@@ -39,16 +51,7 @@ def server(tmp_path_factory):
         [str(daphne), "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(f"daphne did not start: {process.stderr.read().decode()[-2000:]}")
+    _wait_for_port(port, process)
     yield {"port": port, "key": key}
     process.terminate()
     process.wait(10)

@@ -13,14 +13,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--engines", default=",".join(settings.TTS_ENGINES))
         parser.add_argument("--capacity", type=int, default=settings.TTS_WORKER_CAPACITY)
+        parser.add_argument("--device", default=settings.XTTS_DEVICE, help="e.g. cuda:0 (default: CUDA if any)")
 
-    def handle(self, *args, engines, capacity, **options):
+    def handle(self, *args, engines, capacity, device, **options):
+        settings.XTTS_DEVICE = device  # one worker per GPU: each process is pinned to its own device
         names = [name.strip() for name in engines.split(",") if name.strip()]
         asyncio.run(self._serve(names, capacity))
 
     async def _serve(self, names, capacity):
         worker = ModelWorker(engine_names=names, capacity=capacity)
         loop = asyncio.get_running_loop()
+        # SIGTERM: stop taking jobs, finish the ones in flight, exit.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         await worker.load()
