@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 
 from tests.factories import voice_like
