@@ -10,7 +10,6 @@ class EngineTap:
 
     def __init__(self):
         self.chunks: list[bytes] = []
-        self.calls = 0
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()
@@ -34,7 +33,6 @@ def engine_tap(monkeypatch):
     original = EspeakEngine.synthesize
 
     def synthesize(self, *, emit, **kwargs):
-        tap.calls += 1
 
         def tapped(chunk: bytes) -> bool:
             tap.chunks.append(chunk)
