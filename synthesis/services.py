@@ -15,6 +15,7 @@ from rest_framework import status
 from callwaiting.errors import ApiError
 from synthesis import audio, metrics, workers
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
+from synthesis.engines.base import primary_language
 from synthesis.frontend import FrontendError, plain_text_segments, spoken_characters, ssml_segments
 from tenants import selectors as tenant_selectors
 from tenants import services as tenant_services
@@ -23,15 +24,11 @@ from voices.models import Voice
 from voices.selectors import voice_get_for_tenant
 
 
-def _primary(language: str) -> str:
-    return language.replace("_", "-").split("-")[0].lower()
-
-
 def _voice_language(voice: Voice, requested: str) -> str:
     """The request's language if the voice speaks it; the voice's own when none was asked for."""
     if not requested:
         return voice.language
-    if _primary(requested) not in {_primary(language) for language in voice.languages}:
+    if primary_language(requested) not in {primary_language(language) for language in voice.languages}:
         raise ApiError(
             "unsupported_language",
             f"Voice '{voice.voice_id}' speaks {', '.join(voice.languages)}, not '{requested}'.",

@@ -7,6 +7,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from synthesis.engines.base import primary_language
+from synthesis.workers import engine_availability
 from voices.models import Voice
 
 _CONFIG_FIELDS = ("name", "description", "language", "gender", "accent", "engine", "engine_settings")
@@ -80,15 +82,12 @@ def _storage_prefix(voice: Voice) -> str:
 
 
 def _check_cloning_engine(engine: str, language: str) -> None:
-    from synthesis.workers import engine_availability
-
     state = engine_availability().get(engine) or {"available": False, "reason": f"engine {engine!r} is not configured"}
     if not state["available"]:
         raise VoiceError("engine_unavailable", f"Voice cloning is unavailable: {state['reason']}", 503)
     if not state.get("supports_cloning"):
         raise VoiceError("engine_cannot_clone", f"The {engine} engine cannot clone voices.", 422)
-    primary = language.replace("_", "-").split("-")[0].lower()
-    if primary not in {code.split("-")[0] for code in state["languages"]}:
+    if primary_language(language) not in {primary_language(code) for code in state["languages"]}:
         raise VoiceError(
             "unsupported_language", f"{engine} cannot speak '{language}'; it speaks {', '.join(state['languages'])}.", 422
         )
@@ -165,8 +164,6 @@ def voice_process(*, voice_id: int) -> Voice | None:
         return _fail(voice, f"computing the voice failed: {exc.message}")
     default_storage.delete(voice.source_audio)
     voice.source_audio = ""
-    from synthesis.workers import engine_availability
-
     # XTTS speaks every language it knows in a cloned voice, not only the one of the reference clip.
     languages = engine_availability().get(voice.engine, {}).get("languages") or [voice.language]
     voice.engine_settings = {"latents": latents, "languages": languages}

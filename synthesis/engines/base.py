@@ -4,6 +4,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+def primary_language(code: str) -> str:
+    """'en-US', 'en_us', 'EN' -> 'en': languages are matched on their primary subtag everywhere."""
+    return code.replace("_", "-").split("-")[0].lower()
+
+
 class EngineUnavailable(Exception):
     """The engine is configured but cannot serve; the message says why, for /v1/health and 503 answers."""
 

@@ -22,7 +22,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from synthesis.engines.base import EmitPcm, Engine, EngineError, EngineInfo, EngineUnavailable, Prosody
+from synthesis.engines.base import (
+    EmitPcm, Engine, EngineError, EngineInfo, EngineUnavailable, Prosody, primary_language,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ class XttsEngine(Engine):
 
     # --- synthesis ----------------------------------------------------------------------------------------
     def _language(self, language: str) -> str:
-        primary = language.replace("_", "-").split("-")[0].lower()
+        primary = primary_language(language)
         code = "zh-cn" if primary == "zh" else primary
         if code not in self.languages:
             raise EngineError("unsupported_language", f"XTTS does not speak {language!r}")
@@ -238,7 +240,7 @@ class XttsEngine(Engine):
             raise EngineUnavailable("xtts engine used before load()")
         code = self._language(language)
         gpt_cond_latent, speaker_embedding = self.conditioning(voice_settings)
-        limit = self.model.tokenizer.char_limits.get(code.split("-")[0], 250)
+        limit = self.model.tokenizer.char_limits.get(primary_language(code), 250)
         for sentence in split_sentences(text, limit):
             if not self._stream_sentence(sentence, code, gpt_cond_latent, speaker_embedding, prosody, emit):
                 return
