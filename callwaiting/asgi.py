@@ -6,16 +6,19 @@ import logging
 import os
 
 from django.core.asgi import get_asgi_application
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callwaiting.settings")
 django_application = get_asgi_application()
 logger = logging.getLogger(__name__)
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
 
 from callwaiting.errors import error_body  # noqa: E402
 
+from synthesis.routing import websocket_urlpatterns  # noqa: E402
 from synthesis.worker import ensure_embedded_worker  # noqa: E402
 
 
@@ -56,43 +59,101 @@ class UploadSizeLimitMiddleware:
         return await self.app(scope, receive, send)
 
 
-class BrokenStreamMiddleware:
-    """A response that fails after its headers went out (a model worker died mid-stream) must reach the client
-    as a broken transfer, never as a complete-looking short file. ASGI has no message for that, and daphne,
-    given the exception, would try to start a 500 on a response already started and leave the connection
-    hanging; so the TCP connection is aborted through daphne's protocol object (its `send` is
-    partial(server.handle_reply, protocol)). Under other servers the exception propagates as usual."""
+def _daphne_request(send):
+    """daphne's per-request protocol object (a twisted Request; its `send` is partial(server.handle_reply,
+    request)), or None under another server."""
+    request = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    return request if hasattr(request, "registerProducer") else None
+
+
+@implementer(IPushProducer)
+class _SocketWritable:
+    """Registered with daphne's request as a streaming producer: twisted pauses it when the socket's send
+    buffer is full (the client reads slower than we write) and resumes it when the buffer drains."""
+
+    def __init__(self):
+        self.event = asyncio.Event()
+        self.event.set()
+
+    def pauseProducing(self):
+        self.event.clear()
+
+    def resumeProducing(self):
+        self.event.set()
+
+    def stopProducing(self):
+        self.event.set()  # the connection is going away; the app learns it from http.disconnect
+
+
+class DaphneStreamingMiddleware:
+    """Two things a streamed response needs that daphne does not do; under other servers responses pass
+    through untouched.
+
+    Backpressure: daphne's `send` only appends to twisted's write buffer, so a client reading slower than
+    speech is produced would have the audio pile up there. Instead the app waits while the socket is full;
+    that stops this stream's reads from its model worker, whose credit window then stops the engine (see
+    synthesis/worker.py). A client that reads nothing for TTS_CLIENT_STALL_TIMEOUT seconds is disconnected,
+    which cancels its job.
+
+    Broken transfers: a response that fails after its headers went out (a model worker died mid-stream) must
+    reach the client as a broken transfer, never as a complete-looking short file. ASGI has no message for
+    that, and daphne, given the exception, would try to start a 500 on a response already started and leave
+    the connection hanging; so the TCP connection is aborted."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        request = _daphne_request(send) if scope["type"] == "http" else None
+        if request is None:
             return await self.app(scope, receive, send)
-        started = False
+        writable = _SocketWritable()
+        started = registered = False
 
-        async def tracking_send(message):
-            nonlocal started
+        def abort():
+            if request.channel is not None:  # None once the connection is lost
+                request.channel.transport.abortConnection()
+
+        def unregister():
+            nonlocal registered
+            if registered and request.channel is not None:
+                request.unregisterProducer()
+            registered = False
+
+        async def paced_send(message):
+            nonlocal started, registered
             started = started or message["type"] == "http.response.start"
+            more = message["type"] == "http.response.body" and message.get("more_body", False)
+            if more and not registered and request.channel is not None:
+                request.registerProducer(writable, True)
+                registered = True
+                if getattr(request.channel, "_waitingForTransport", False):
+                    writable.pauseProducing()  # twisted tells a producer only about later changes
+            if message["type"] == "http.response.body" and not more:
+                unregister()  # before the request finishes, so a pipelined next request may register its own
             await send(message)
+            if more and not writable.event.is_set():
+                try:
+                    await asyncio.wait_for(writable.event.wait(), settings.TTS_CLIENT_STALL_TIMEOUT)
+                except asyncio.TimeoutError:
+                    logger.info("dropping %s: its client read nothing for %g s", scope["path"],
+                                settings.TTS_CLIENT_STALL_TIMEOUT)
+                    abort()
 
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, paced_send)
         except Exception:
-            transport = _daphne_transport(send)
-            if not started or transport is None:
+            if not started:
                 raise
             logger.warning("aborting %s: the response failed after it had started", scope["path"], exc_info=True)
-            transport.abortConnection()
+            abort()
+        finally:
+            unregister()
 
 
-def _daphne_transport(send):
-    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    channel = getattr(protocol, "channel", None)
-    transport = getattr(channel, "transport", None)
-    return transport if hasattr(transport, "abortConnection") else None
-
-
-application = BrokenStreamMiddleware(
-    UploadSizeLimitMiddleware(EmbeddedWorkerMiddleware(ProtocolTypeRouter({"http": django_application})))
+application = DaphneStreamingMiddleware(
+    UploadSizeLimitMiddleware(EmbeddedWorkerMiddleware(ProtocolTypeRouter({
+        "http": django_application,
+        "websocket": URLRouter(websocket_urlpatterns),
+    })))
 )

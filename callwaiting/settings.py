@@ -188,6 +188,11 @@ TTS_JOB_CHANNEL = os.environ.get("TTS_JOB_CHANNEL", "tts.synthesize")
 TTS_JOB_ACCEPT_TIMEOUT = env_float("TTS_JOB_ACCEPT_TIMEOUT", 5.0)
 # How long a stream may go without a chunk before it is treated as failed.
 TTS_CHUNK_TIMEOUT = env_float("TTS_CHUNK_TIMEOUT", 30.0)
+# Backpressure: a worker keeps at most this many audio chunks of one stream in flight (sent but not yet
+# written to the client); past that it waits, and so does its engine. A client that reads nothing for
+# TTS_CLIENT_STALL_TIMEOUT seconds has its connection dropped and its job cancelled.
+TTS_STREAM_WINDOW = env_int("TTS_STREAM_WINDOW", 8)
+TTS_CLIENT_STALL_TIMEOUT = env_float("TTS_CLIENT_STALL_TIMEOUT", 30.0)
 # Workers beat this often; the web side treats a worker silent for TTS_WORKER_DEAD_AFTER seconds as dead
 # (a stream it was serving fails then, instead of waiting for TTS_CHUNK_TIMEOUT).
 TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)

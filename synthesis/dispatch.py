@@ -111,6 +111,8 @@ class WorkerStream(WorkerJob):
         super().__init__()
         self.spec = spec
         self.sample_rate = 0
+        self.received = 0  # audio chunks handed to the caller
+        self.acknowledged = 0  # of those, how many the worker has been told about
 
     async def start(self) -> bytes:
         """Send the job; return the first audio chunk (empty when the clip is silent)."""
@@ -131,11 +133,21 @@ class WorkerStream(WorkerJob):
             yield chunk
 
     async def next_chunk(self) -> bytes | None:
-        """The next audio chunk, or None once the worker says the clip is complete."""
+        """The next audio chunk, or None once the worker says the clip is complete.
+
+        Asking for the next chunk means the caller has written the previous ones out, so this is where the
+        worker gets credit to send more (backpressure: see TTS_STREAM_WINDOW). Credit goes in batches of
+        half a window, so the worker never idles for it and the channel layer carries few extra messages."""
         while not self.finished:
+            if self.received - self.acknowledged >= max(1, settings.TTS_STREAM_WINDOW // 2):
+                self.acknowledged = self.received
+                await self.layer.send(
+                    self.worker_channel, {"type": "tts.credit", "job_id": self.job_id, "consumed": self.received}
+                )
             message = await self._next(settings.TTS_CHUNK_TIMEOUT)
             kind = message["type"]
             if kind == "tts.audio":
+                self.received += 1
                 return message["pcm"]
             if kind == "tts.done":
                 self.finished = True

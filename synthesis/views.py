@@ -86,7 +86,7 @@ class HealthView(APIView):
             "database": database,
             "engines": engines,
             "workers": [
-                {key: info[key] for key in ("worker_id", "host", "pid", "capacity", "load", "heartbeat_at")}
+                {key: info[key] for key in ("worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "heartbeat_at")}
                 | {"engines": sorted(name for name, state in info["engines"].items() if state["available"])}
                 for info in live
             ],

@@ -12,6 +12,11 @@ Protocol (all messages are dicts on the channel layer):
                            {"type": "tts.done", "job_id", "samples"}
                            {"type": "tts.error", "job_id", "code", "message"}
   web -> worker_channel    {"type": "tts.cancel", "job_id"}
+                           {"type": "tts.credit", "job_id", "consumed"}   (audio chunks written to the client)
+Backpressure: a job keeps at most TTS_STREAM_WINDOW chunks beyond the last credit in flight; past that it
+waits, its engine thread blocks on the small pending queue, and the GPU turns to other jobs. The channel
+layer alone cannot do this: channels_redis serves every reply channel of a web process from one shared inbox,
+so its capacity is per process, not per stream.
 Cloning (from the voice-processing task):
   task -> TTS_JOB_CHANNEL  {"type": "tts.clone", "job_id", "reply_channel", "engine", "reference", "latents",
                             "accept_by"}   (storage names: the clip to read, where to write the latents)
@@ -58,6 +63,9 @@ class _Job:
         self.id = message["job_id"]
         self.message = message
         self.cancelled = threading.Event()
+        self.consumed = 0  # audio chunks the web side has written to its client
+        self.credit = asyncio.Event()  # set when credit or a cancel arrives
+        self.waiting_for_client = False
 
 
 class ModelWorker:
@@ -110,6 +118,7 @@ class ModelWorker:
             "engines": {name: loaded.status() for name, loaded in self.engines.items()},
             "capacity": self.capacity,
             "load": len(self.jobs),
+            "waiting_for_client": sum(job.waiting_for_client for job in self.jobs.values()),
             "channel": self.channel,
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -144,8 +153,14 @@ class ModelWorker:
     async def _control_loop(self) -> None:
         while True:
             message = await self.layer.receive(self.channel)
-            if message.get("type") == "tts.cancel" and message.get("job_id") in self.jobs:
-                self.jobs[message["job_id"]].cancelled.set()
+            job = self.jobs.get(message.get("job_id"))
+            if job is None:
+                continue
+            if message.get("type") == "tts.cancel":
+                job.cancelled.set()
+            elif message.get("type") == "tts.credit":
+                job.consumed = max(job.consumed, message["consumed"])
+            job.credit.set()
 
     # --- one job ------------------------------------------------------------------------------------------
     async def _serve_and_release(self, job: _Job) -> None:
@@ -176,6 +191,27 @@ class ModelWorker:
                     raise _ClientGone() from None
                 await asyncio.sleep(_FULL_RETRY_SECONDS)
 
+    async def _wait_for_credit(self, job: _Job, seq: int) -> bool:
+        """Hold chunk `seq` until the client has caught up to within TTS_STREAM_WINDOW chunks; False when the
+        job was cancelled meanwhile. The web side drops a stalled client after TTS_CLIENT_STALL_TIMEOUT; the
+        worker gives up a little later, in case the web process itself is gone."""
+        give_up = time.monotonic() + settings.TTS_CLIENT_STALL_TIMEOUT + 5
+        while seq - job.consumed >= settings.TTS_STREAM_WINDOW and not job.cancelled.is_set():
+            job.credit.clear()
+            left = give_up - time.monotonic()
+            if left <= 0:
+                logger.info("worker %s: job %s dropped, its client stopped reading", self.worker_id, job.id)
+                job.cancelled.set()
+                break
+            job.waiting_for_client = True
+            try:
+                await asyncio.wait_for(job.credit.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                job.waiting_for_client = False
+        return not job.cancelled.is_set()
+
     async def _serve(self, job: _Job) -> None:
         message = job.message
         if time.time() > message.get("accept_by", float("inf")):
@@ -204,6 +240,8 @@ class ModelWorker:
             while (chunk := await pending.get()) is not _END:
                 if job.cancelled.is_set():
                     continue  # drain so the engine thread is never stuck on a full queue
+                if not await self._wait_for_credit(job, seq):
+                    continue  # cancelled or stalled meanwhile: drain as above
                 await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
                 seq += 1
                 samples += len(chunk) // 2

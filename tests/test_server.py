@@ -107,3 +107,65 @@ def test_unknown_path_is_404_in_the_error_shape(server):
     response = connection.getresponse()
     assert response.status == 404
     assert json.loads(response.read())["error"]["code"] == "not_found"
+
+
+# Minutes of speech: far more audio than socket buffers, daphne's buffer and the worker's window together hold.
+LONG_TEXT = " ".join(f"This is sentence number {n} of a long answer read by a slow listener." for n in range(60))
+
+
+class _SmallBufferConnection(http.client.HTTPConnection):
+    """A client whose socket buffers only a few kilobytes, so that not reading stops the server within them."""
+
+    def connect(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((self.host, self.port))
+
+
+def _start_long_stream(server, **fields) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    connection = _SmallBufferConnection("127.0.0.1", server["port"], timeout=20)
+    connection.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT, **fields}), headers={
+        "Authorization": f"Bearer {server['key']}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    return connection, response
+
+
+def _workers(server) -> list[dict]:
+    connection = _connection(server)
+    connection.request("GET", "/v1/health")
+    return json.loads(connection.getresponse().read())["workers"]
+
+
+def _until(predicate, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.1)
+    return result
+
+
+def test_a_client_that_stops_reading_holds_its_job_and_gets_every_sample_when_it_resumes(server):
+    _, response = _start_long_stream(server, format="pcm")
+    first = response.read1(1024)
+    held = _until(lambda: [worker for worker in _workers(server) if worker["waiting_for_client"]])
+    assert held[0]["load"] == 1  # the job is parked on the worker, not finished into a buffer somewhere
+    streamed = len(first) + len(response.read())
+
+    complete = _connection(server)
+    complete.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT, "format": "pcm", "streaming": False}),
+                     headers={"Authorization": f"Bearer {server['key']}", "Content-Type": "application/json"})
+    expected = len(complete.getresponse().read())
+    assert expected > 60 * 2 * 22050  # over a minute of speech
+    assert abs(streamed - expected) < 0.01 * expected  # eSpeak varies by a few samples between runs, no more
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(server)))
+
+
+def test_a_stalled_client_that_hangs_up_frees_its_worker(server):
+    connection, response = _start_long_stream(server)
+    assert response.read1(1024)[:4] == b"RIFF"
+    _until(lambda: any(worker["waiting_for_client"] for worker in _workers(server)))
+    connection.close()
+    response.close()
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=5)
