@@ -160,6 +160,15 @@ CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True  # tasks are idempotent: a worker that dies mid-task hands it to another
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# With acks late, a task whose worker died (kill -9, lost node) goes back to the queue once it has been
+# unacknowledged this long, so it must exceed the longest task (cloning: TTS_CLONE_TIMEOUT). Unacknowledged
+# tasks are swept for this often, as a fraction of it.
+_visibility_timeout = env_int("CELERY_VISIBILITY_TIMEOUT", 900)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _visibility_timeout,
+    "unacked_restore_interval": max(1, min(10, _visibility_timeout // 10)),
+    "unacked_restore_throttle": 1,
+}
 CELERY_TASK_IGNORE_RESULT = True
 
 # --- REST framework ---------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Topology:
             "TTS_JOB_ACCEPT_TIMEOUT": "20",
             "XTTS_MODEL_DIR": str(tiny_xtts_dir),
             "XTTS_DEVICE": "cpu",
+            # A task whose Celery worker was killed is handed out again after 5 s instead of 15 minutes.
+            "CELERY_VISIBILITY_TIMEOUT": "5",
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.workers: dict[str, subprocess.Popen] = {}
@@ -78,6 +80,32 @@ class Topology:
             [sys.executable, "manage.py", "tts_worker", *args], env=self.env, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"),
         )
+
+    def start_celery(self, name: str = "celery") -> None:
+        # The solo pool keeps the task in the process that the test kills; production uses the default pool.
+        self.workers[name] = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "callwaiting", "worker", "--pool", "solo", "--loglevel", "INFO"],
+            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"),
+        )
+
+    def broker_unacked(self) -> int:
+        """Tasks a Celery worker has taken and not yet acknowledged (kombu's Redis transport keeps them here)."""
+        import redis
+
+        return redis.Redis.from_url(self.env["REDIS_URL"]).hlen("unacked")
+
+    def usage(self) -> list[dict]:
+        return json.loads(self.manage("shell", "-v0", "-c", (
+            "import json; from tenants.models import UsageRecord; "
+            "print(json.dumps(list(UsageRecord.objects.order_by('created_at').values('status', 'error_code'))))"
+        )))
+
+    def wait_for_workers(self, count: int, timeout=60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(workers := self.get("/v1/health")[1]["workers"]) < count:
+            assert time.monotonic() < deadline, f"{count} workers never showed up"
+            time.sleep(0.2)
+        return workers
 
     def wait_for_engines(self, *engines, timeout=60) -> dict:
         deadline = time.monotonic() + timeout
@@ -130,9 +158,7 @@ def test_concurrent_requests_are_spread_over_the_workers(topology):
 
     topology.start_worker("a", "--engines", "espeak", "--capacity", "1")
     topology.start_worker("b", "--engines", "espeak", "--capacity", "1")
-    deadline = time.monotonic() + 60
-    while len(topology.get("/v1/health")[1]["workers"]) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    topology.wait_for_workers(2)
 
     def one(_):
         response = topology.synthesize(text=SENTENCES[:300])
@@ -160,8 +186,7 @@ def test_a_worker_killed_mid_stream_breaks_the_transfer_and_is_recorded(topology
     detected = time.monotonic() - killed_at
     print(f"worker death noticed and the transfer broken {detected:.2f} s after kill -9")
     assert detected < 15
-    _, stats = topology.get("/v1/tenant/stats?days=1")
-    assert stats["totals"]["errors"] >= 1
+    assert topology.usage()[-1] == {"status": "error", "error_code": "worker_lost"}
 
 
 def test_sigterm_lets_the_stream_in_flight_finish(topology):
@@ -176,3 +201,72 @@ def test_sigterm_lets_the_stream_in_flight_finish(topology):
     assert topology.workers["xtts"].wait(30) == 0
     later = topology.synthesize(text="After the worker left.", voice_id="slow_xtts")
     assert later.status == 503  # no worker took it, and nothing hung
+
+
+def test_a_stalled_client_holds_its_job_and_hanging_up_cancels_it_on_the_worker(topology):
+    from tests.test_server import LONG_TEXT, _SmallBufferConnection
+
+    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "2")
+    topology.wait_for_engines("espeak")
+    connection = _SmallBufferConnection("127.0.0.1", topology.port, timeout=30)
+    connection.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT}), headers={
+        "Authorization": f"Bearer {topology.key}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.read1(1024)[:4] == b"RIFF"
+    deadline = time.monotonic() + 15
+    while not (worker := topology.get("/v1/health")[1]["workers"][0])["waiting_for_client"]:
+        assert time.monotonic() < deadline, "the worker never held the stalled stream"
+        time.sleep(0.1)
+    assert worker["load"] == 1  # the clip is minutes long; the worker is parked on it, not racing ahead
+
+    connection.close()
+    response.close()
+    hung_up = time.monotonic()
+    while topology.get("/v1/health")[1]["workers"][0]["load"]:
+        assert time.monotonic() - hung_up < 10, "the worker kept the job of a client that hung up"
+        time.sleep(0.1)
+    print(f"worker freed {time.monotonic() - hung_up:.2f} s after the client hung up")
+    assert topology.usage()[-1] == {"status": "client_disconnected", "error_code": "client_disconnected"}
+
+
+def test_celery_processes_an_upload_and_a_task_survives_its_worker_being_killed(topology):
+    topology.start_worker("xtts", "--engines", "xtts", "--capacity", "1")
+    topology.wait_for_engines("xtts")  # uploads are refused while no worker can clone
+    clip = encode_wav(voice_like(5.0), 22050)
+    boundary = "topologyboundary"
+    fields = {"voice_id": "cloned", "name": "Cloned", "language": "en"}
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio_file"; filename="me.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + clip + f"\r\n--{boundary}--\r\n".encode()
+    connection = topology.connection()
+    connection.request("POST", "/v1/voices/upload", body=body, headers={
+        "Authorization": f"Bearer {topology.key}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = connection.getresponse()
+    assert response.status == 202, response.read()
+    assert json.loads(response.read())["status"] == "processing"
+
+    # The model worker leaves; a Celery worker takes the task, which waits for a model worker. Kill it mid-task.
+    topology.workers["xtts"].send_signal(signal.SIGTERM)
+    assert topology.workers["xtts"].wait(30) == 0
+    topology.start_celery("celery-1")
+    deadline = time.monotonic() + 30
+    while topology.broker_unacked() == 0:
+        assert time.monotonic() < deadline, "no Celery worker took the task"
+        time.sleep(0.1)
+    topology.workers["celery-1"].send_signal(signal.SIGKILL)
+    topology.workers["celery-1"].wait(10)
+
+    # A model worker and a fresh Celery worker: the task comes back (acks late) and finishes the voice.
+    topology.start_worker("xtts-2", "--engines", "xtts", "--capacity", "1")
+    topology.start_celery("celery-2")
+    deadline = time.monotonic() + 120
+    while (voice := topology.get("/v1/voices/cloned")[1])["status"] == "processing":
+        assert time.monotonic() < deadline, "the killed worker's task never finished"
+        time.sleep(0.5)
+    assert voice["status"] == "ready", voice
+    speech = topology.synthesize(text="Hello in my own voice.", voice_id="cloned")
+    assert speech.status == 200 and len(speech.read()) > 44
