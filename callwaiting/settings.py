@@ -164,6 +164,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # unacknowledged this long, so it must exceed the longest task (cloning: TTS_CLONE_TIMEOUT). Unacknowledged
 # tasks are swept for this often, as a fraction of it.
 _visibility_timeout = env_int("CELERY_VISIBILITY_TIMEOUT", 900)
+# `celery -A callwaiting beat` (one per deployment) runs the periodic tasks.
+CELERY_BEAT_SCHEDULE = {
+    "requeue-stale-voices": {"task": "voices.tasks.voices_requeue_stale_task", "schedule": 600.0},
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _visibility_timeout,
     "unacked_restore_interval": max(1, min(10, _visibility_timeout // 10)),
@@ -227,6 +231,10 @@ TTS_MAX_UPLOAD_BYTES = env_int("TTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 TTS_REFERENCE_MIN_SECONDS = env_float("TTS_REFERENCE_MIN_SECONDS", 3.0)
 TTS_REFERENCE_MAX_SECONDS = env_float("TTS_REFERENCE_MAX_SECONDS", 60.0)
 TTS_CLONE_TIMEOUT = env_float("TTS_CLONE_TIMEOUT", 120.0)
+# An upload still processing after this long lost its task and is queued again (celery beat); one processing
+# after VOICE_PROCESSING_GIVE_UP_AFTER is marked failed.
+VOICE_PROCESSING_RETRY_AFTER = env_int("VOICE_PROCESSING_RETRY_AFTER", 3600)
+VOICE_PROCESSING_GIVE_UP_AFTER = env_int("VOICE_PROCESSING_GIVE_UP_AFTER", 24 * 3600)
 
 LOGGING = {
     "version": 1,

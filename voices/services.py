@@ -1,11 +1,13 @@
 """Writes over voices."""
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from synthesis.engines.base import primary_language
 from synthesis.workers import engine_availability
@@ -117,7 +119,8 @@ def voice_clone_start(*, tenant, voice_id: str, name: str, description: str, lan
         extension = Path(audio_file.name or "").suffix.lower()[:8] or ".bin"
         voice.source_audio = default_storage.save(f"{_storage_prefix(voice)}/upload{extension}", audio_file)
         voice.save(update_fields=["source_audio"])
-        transaction.on_commit(lambda: voice_process_task.delay(voice.pk))
+        # Robust: a broker outage must not turn an accepted upload into a 500; voices_requeue_stale retries.
+        transaction.on_commit(lambda: voice_process_task.delay(voice.pk), robust=True)
     return voice
 
 
@@ -170,6 +173,26 @@ def voice_process(*, voice_id: int) -> Voice | None:
     voice.status, voice.status_reason = Voice.Status.READY, ""
     voice.save()
     return voice
+
+
+def voices_requeue_stale(*, now: datetime | None = None) -> dict[str, int]:
+    """Voices still `processing` long after their task should have ended lost it (the broker was down when it
+    was queued, or lost it): queue them again, and give up on those that have been trying for too long.
+    A Celery worker that merely died does not need this; acks late hands its task to another one."""
+    from voices.tasks import voice_process_task
+
+    now = now or timezone.now()
+    processing = Voice.objects.filter(status=Voice.Status.PROCESSING)
+    given_up = 0
+    for voice in processing.filter(created_at__lt=now - timedelta(seconds=settings.VOICE_PROCESSING_GIVE_UP_AFTER)):
+        _fail(voice, "processing did not finish; upload the clip again")
+        given_up += 1
+    requeued = 0
+    for voice in processing.filter(updated_at__lt=now - timedelta(seconds=settings.VOICE_PROCESSING_RETRY_AFTER)):
+        voice.save(update_fields=["updated_at"])  # the next retry is one period later
+        voice_process_task.delay(voice.pk)
+        requeued += 1
+    return {"requeued": requeued, "failed": given_up}
 
 
 def voice_update(*, voice: Voice, **fields) -> Voice:

@@ -1,17 +1,19 @@
 """Voice cloning end to end: upload -> processing -> ready -> streamed synthesis with that voice."""
 import io
+from datetime import timedelta
 
 import av
 import numpy as np
 import pytest
 import torch
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from synthesis.engines import load_engine
 from tests.factories import TenantFactory, issue_key, voice_like
 from voices.audio import encode_wav
 from voices.models import Voice
-from voices.services import voice_process
+from voices.services import voice_process, voices_requeue_stale
 
 
 def _wav(seconds=4.0, **kwargs) -> bytes:
@@ -205,3 +207,38 @@ def test_processing_is_idempotent(cloning):
     before = engine.conditioning_computations
     assert voice_process(voice_id=voice.pk) is None  # already ready: a redelivered task does nothing
     assert engine.conditioning_computations == before
+
+
+def _broker_down(monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from voices.tasks import voice_process_task
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    original = voice_process_task.delay
+    monkeypatch.setattr(voice_process_task, "delay", refuse)
+    return lambda: monkeypatch.setattr(voice_process_task, "delay", original)
+
+
+def test_an_upload_whose_task_could_not_be_queued_is_kept_and_queued_again_later(cloning, monkeypatch, settings):
+    broker_back = _broker_down(monkeypatch)
+    response = _upload(cloning, _wav())
+    assert response.status == 202  # accepted and kept, not a 500 for a broker outage
+    assert cloning.run(cloning.get, "/v1/voices/my_voice").json()["status"] == "processing"
+    broker_back()
+    assert voices_requeue_stale() == {"requeued": 0, "failed": 0}  # still young: its task may just be queued
+    later = timezone.now() + timedelta(seconds=settings.VOICE_PROCESSING_RETRY_AFTER + 1)
+    assert voices_requeue_stale(now=later) == {"requeued": 1, "failed": 0}
+    assert cloning.run(cloning.get, "/v1/voices/my_voice").json()["status"] == "ready"
+
+
+def test_an_upload_stuck_in_processing_for_a_day_fails_with_a_reason_and_leaves_no_files(cloning, monkeypatch, settings):
+    _broker_down(monkeypatch)
+    assert _upload(cloning, _wav()).status == 202
+    later = timezone.now() + timedelta(seconds=settings.VOICE_PROCESSING_GIVE_UP_AFTER + 1)
+    assert voices_requeue_stale(now=later) == {"requeued": 0, "failed": 1}
+    voice = cloning.run(cloning.get, "/v1/voices/my_voice").json()
+    assert voice["status"] == "failed" and "upload the clip again" in voice["status_reason"]
+    assert _stored_files(cloning.media) == []
