@@ -62,24 +62,28 @@ def error_code(exc: exceptions.APIException) -> str:
     return next((code for cls, code in _DRF_CODES.items() if isinstance(exc, cls)), "error")
 
 
+def exception_body(exc: exceptions.APIException) -> dict:
+    """The error shape for any API exception: the REST response body, and the WebSocket API's error frame."""
+    if isinstance(exc, ApiError):
+        return exc.as_dict()
+    if isinstance(exc, exceptions.Throttled):
+        message = exc.detail if isinstance(exc.detail, str) else "Rate limit exceeded."
+    else:
+        message = "; ".join(_flatten(exc.detail)) if not isinstance(exc.detail, str) else str(exc.detail)
+    return error_body(error_code(exc), message)
+
+
 def api_exception_handler(exc, context):
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected exceptions become Django's 500
     if isinstance(exc, ApiError):
-        response.data = exc.as_dict()
         for name, value in exc.headers.items():
             response[name] = value
-        return response
-    code = error_code(exc)
-    if isinstance(exc, exceptions.Throttled):
-        message = exc.detail if isinstance(exc.detail, str) else "Rate limit exceeded."
-    else:
-        message = "; ".join(_flatten(exc.detail)) if not isinstance(exc.detail, str) else str(exc.detail)
     if isinstance(exc, exceptions.NotAuthenticated):
         # DRF turns an unauthenticated 403 into 401 only when the authenticator names a challenge.
         response.status_code = status.HTTP_401_UNAUTHORIZED
-    response.data = error_body(code, message)
+    response.data = exception_body(exc)
     return response
 
 

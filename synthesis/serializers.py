@@ -16,3 +16,15 @@ class SynthesizeSerializer(serializers.Serializer):
         if attrs["text"].strip() and attrs["ssml"].strip():
             raise serializers.ValidationError("Send either text or ssml, not both.")
         return attrs
+
+
+class StreamSynthesizeSerializer(SynthesizeSerializer):
+    """A `synthesize` message on the WebSocket API (/v1/stream). Every utterance there streams, and the format
+    defaults to raw PCM: phone pipelines feed the frames straight into a call's media stream, where a file
+    header is only bytes to strip."""
+
+    streaming = None
+    format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="pcm")
+
+    def validate(self, attrs):
+        return {**super().validate(attrs), "streaming": True}

@@ -1,6 +1,13 @@
 from rest_framework import exceptions, permissions, status
 
 from callwaiting.errors import ApiError
+from tenants.models import ApiKey
+
+
+def require_scope(api_key: ApiKey, scope: str) -> None:
+    """403 missing_scope unless the key carries `scope`; shared by DRF views and the WebSocket API."""
+    if not api_key.has_scope(scope):
+        raise ApiError("missing_scope", f"This API key lacks the '{scope}' scope.", status.HTTP_403_FORBIDDEN)
 
 
 class HasScope(permissions.BasePermission):
@@ -13,6 +20,6 @@ class HasScope(permissions.BasePermission):
         scope = getattr(view, "required_scope", None)
         if isinstance(scope, dict):  # per HTTP method
             scope = scope.get(request.method)
-        if scope and not api_key.has_scope(scope):
-            raise ApiError("missing_scope", f"This API key lacks the '{scope}' scope.", status.HTTP_403_FORBIDDEN)
+        if scope:
+            require_scope(api_key, scope)
         return True

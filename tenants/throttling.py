@@ -1,38 +1,48 @@
 """Per-tenant request rate limits on django-ratelimit, backed by Django's cache (Redis in production).
 
-Each tenant has its own minute and hour budgets; every authenticated API request counts against both.
+Each tenant has its own minute and hour budgets; every authenticated API request (and every `synthesize`
+message on the WebSocket API) counts against both.
 """
 from django_ratelimit.core import get_usage
 from rest_framework import throttling
 
+from tenants.models import ApiKey
+
 GROUP = "tenant-requests"
 
 
-def _tenant_key(group, request) -> str:
-    return str(request.auth.tenant_id)
+def _tenant_key(group, api_key: ApiKey) -> str:
+    return str(api_key.tenant_id)
 
 
-def tenant_rate_usage(request) -> list[dict]:
-    """Count this request against the tenant's windows; the usage of each window, minute first."""
-    tenant = request.auth.tenant
+def tenant_rate_usage(api_key: ApiKey) -> list[dict]:
+    """Count one request by the key's tenant against the tenant's windows; the usage of each window, minute
+    first. django-ratelimit hands its `request` argument only to the key function, so the API key stands in
+    for it: WebSocket messages have no HTTP request."""
+    tenant = api_key.tenant
     windows = ((tenant.requests_per_minute, 60), (tenant.requests_per_hour, 3600))
     usages = []
     for limit, seconds in windows:
         usage = get_usage(
-            request, group=f"{GROUP}:{seconds}", key=_tenant_key, rate=(limit, seconds), increment=True
+            api_key, group=f"{GROUP}:{seconds}", key=_tenant_key, rate=(limit, seconds), increment=True
         )
         if usage is not None:
             usages.append(usage)
     return usages
 
 
+def tenant_rate_wait(api_key: ApiKey) -> int:
+    """Count one request; 0 when it is within the tenant's limits, else the seconds until it would be."""
+    limited = [usage for usage in tenant_rate_usage(api_key) if usage["should_limit"]]
+    return max(1, *(usage["time_left"] for usage in limited)) if limited else 0
+
+
 class TenantRateThrottle(throttling.BaseThrottle):
     def allow_request(self, request, view):
         if request.auth is None:  # unauthenticated requests are refused before they count
             return True
-        limited = [usage for usage in tenant_rate_usage(request) if usage["should_limit"]]
-        self._wait = max((usage["time_left"] for usage in limited), default=0)
-        return not limited
+        self._wait = tenant_rate_wait(request.auth)
+        return not self._wait
 
     def wait(self):
-        return max(1, self._wait)
+        return self._wait
