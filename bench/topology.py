@@ -1,0 +1,172 @@
+"""Benchmark: the embedded topology against Redis-dispatched model workers, at 1, 4 and 16 concurrent streams.
+
+One run measures both, on the same machine and text, so the cost of the production dispatch is a ratio:
+  embedded    daphne with the model worker inside it; in-memory channel layer, local-memory cache, SQLite
+  redis       daphne with TTS_EMBEDDED_WORKER=0, and one `manage.py tts_worker` process; channels_redis,
+              Redis cache and rate limits (REDIS_URL, database 11 by default, flushed first), SQLite
+For each level, N client threads each stream POST /v1/synthesize (WAV) back to back. Reported per level:
+time to first audio (request sent -> first audio byte past the WAV header; median and p95) and throughput
+(seconds of audio received per wall-clock second, all streams together).
+
+It prints numbers and asserts nothing. eSpeak NG is the engine (what this machine can run); with XTTS on a
+GPU the synthesis itself dominates and the dispatch overhead measured here matters even less. The load
+generator shares the machine with the server and the worker; compare runs on the same machine only.
+"""
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # noqa: E402  (the sibling benchmark's server helpers)
+    ROOT, WAV_HEADER_BYTES, bench_env, free_port, manage, percentile, prepare_database, start_server, stop_server,
+    wait_until_healthy,
+)
+
+TEXT = (
+    "Thanks for calling CallWaiting. Your appointment with Doctor Patel is confirmed for Tuesday at half past "
+    "nine. If you need to change it, please call us back or reply to the text message we just sent you."
+)
+LEVELS = (1, 4, 16)
+OPEN_LIMITS = (
+    "from tenants.models import Tenant; Tenant.objects.filter(slug='demo').update("
+    "requests_per_minute=10**9, requests_per_hour=10**9, max_concurrent_streams=1000, monthly_character_quota=None)"
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=48, help="streams per level, split over its clients (48)")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
+    args = parser.parse_args()
+    if args.requests < max(LEVELS):
+        parser.error(f"--requests must be at least {max(LEVELS)}")
+    return args
+
+
+def one_stream(connection_factory, key: str) -> tuple[float, float]:
+    """(time to first audio, seconds of audio) of one streamed synthesis."""
+    import http.client
+    import json
+
+    connection: http.client.HTTPConnection = connection_factory()
+    connection.connect()
+    started = time.perf_counter()
+    connection.request("POST", "/v1/synthesize", body=json.dumps({"text": TEXT}),
+                       headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"POST /v1/synthesize answered {response.status}: {response.read()[:300]!r}")
+    sample_rate = int(response.getheader("X-Sample-Rate"))
+    received, first_audio = 0, None
+    while chunk := response.read1(65536):
+        received += len(chunk)
+        if first_audio is None and received > WAV_HEADER_BYTES:
+            first_audio = time.perf_counter() - started
+    connection.close()
+    return first_audio, (received - WAV_HEADER_BYTES) / 2 / sample_rate
+
+
+def run_level(port: int, key: str, streams: int, requests: int) -> dict:
+    import http.client
+
+    def factory():
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    results: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    per_client = requests // streams
+
+    def client():
+        try:
+            mine = [one_stream(factory, key) for _ in range(per_client)]
+        except BaseException as exc:  # reported after the level, not lost in a thread
+            errors.append(exc)
+            return
+        with lock:
+            results.extend(mine)
+
+    for _ in range(2):  # warm-up: imports, connections, the worker's first job
+        one_stream(factory, key)
+    threads = [threading.Thread(target=client) for _ in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    firsts = [first for first, _ in results]
+    return {
+        "streams": streams,
+        "requests": len(results),
+        "ttfa_p50": statistics.median(firsts),
+        "ttfa_p95": percentile(firsts, 95),
+        "throughput": sum(seconds for _, seconds in results) / wall,
+    }
+
+
+def run_topology(name: str, extra_env: dict, with_worker: bool, requests: int) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix=f"callwaiting-bench-{name}-") as temp:
+        data_dir = Path(temp)
+        port = free_port()
+        env = {**bench_env(data_dir, port), **extra_env}
+        if not extra_env.get("REDIS_URL"):
+            env.pop("REDIS_URL", None)
+        key = prepare_database(env)
+        manage(env, "shell", "-c", OPEN_LIMITS)
+        processes = []
+        with open(data_dir / "server.log", "w") as log:
+            try:
+                if with_worker:
+                    processes.append(subprocess.Popen(
+                        [sys.executable, "manage.py", "tts_worker", "--engines", "espeak", "--capacity", "32"],
+                        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    ))
+                server = start_server(env, port, log)
+                processes.append(server)
+                wait_until_healthy(server, port)
+                return [run_level(port, key, streams, requests) for streams in LEVELS]
+            except BaseException:
+                print((data_dir / "server.log").read_text()[-4000:], file=sys.stderr)
+                raise
+            finally:
+                for process in reversed(processes):
+                    stop_server(process)
+
+
+def main() -> None:
+    args = parse_args()
+    import redis
+
+    print(f"reproduce: cd {shlex.quote(str(ROOT))} && {shlex.join([sys.executable, 'bench/topology.py', '--requests', str(args.requests), '--redis-url', args.redis_url])}")
+    print(f"{os.cpu_count()} CPUs; eSpeak NG; text of {len(TEXT)} characters; {args.requests} streams per level\n")
+    embedded = run_topology("embedded", {"TTS_EMBEDDED_WORKER": "1"}, False, args.requests)
+    redis.Redis.from_url(args.redis_url).flushdb()
+    production = run_topology(
+        "redis", {"REDIS_URL": args.redis_url, "TTS_EMBEDDED_WORKER": "0"}, True, args.requests
+    )
+    print(f"redis: {urlsplit(args.redis_url)._replace(netloc=urlsplit(args.redis_url).hostname or '').geturl()}")
+    print(f"{'streams':>8} | {'TTFA p50 ms':>24} | {'TTFA p95 ms':>24} | {'audio s per wall s':>26}")
+    print(f"{'':>8} | {'embedded':>8}{'redis':>8}{'ratio':>8} | {'embedded':>8}{'redis':>8}{'ratio':>8} | "
+          f"{'embedded':>9}{'redis':>9}{'ratio':>8}")
+    for local, remote in zip(embedded, production):
+        print(
+            f"{local['streams']:>8} | {local['ttfa_p50'] * 1000:8.1f}{remote['ttfa_p50'] * 1000:8.1f}"
+            f"{remote['ttfa_p50'] / local['ttfa_p50']:7.2f}x | {local['ttfa_p95'] * 1000:8.1f}"
+            f"{remote['ttfa_p95'] * 1000:8.1f}{remote['ttfa_p95'] / local['ttfa_p95']:7.2f}x | "
+            f"{local['throughput']:9.1f}{remote['throughput']:9.1f}{remote['throughput'] / local['throughput']:7.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
