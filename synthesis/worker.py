@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 # Audio waiting between an engine thread and the channel layer, per job: enough to absorb jitter, small
 # enough that a stalled consumer stops the engine instead of letting it buffer the whole utterance.
 _PENDING_CHUNKS = 8
+# Audio already waiting is sent as one message of at most this size (about 0.7 s at 22.05 kHz).
+_MAX_MESSAGE_BYTES = 32 * 1024
 _SILENCE_CHUNK_MS = 100
 # How often a worker blocked on a full reply channel looks again (and checks for cancellation).
 _FULL_RETRY_SECONDS = 0.02
@@ -235,18 +237,20 @@ class ModelWorker:
         pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
         render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
         seq = samples = 0
-        chunk = None
+        ended = False
         try:
-            while (chunk := await pending.get()) is not _END:
+            while not ended and (chunk := await pending.get()) is not _END:
                 if job.cancelled.is_set():
                     continue  # drain so the engine thread is never stuck on a full queue
                 if not await self._wait_for_credit(job, seq):
                     continue  # cancelled or stalled meanwhile: drain as above
+                chunk, ended = _with_waiting_chunks(chunk, pending)
                 await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
                 seq += 1
                 samples += len(chunk) // 2
+            ended = True
         finally:
-            if chunk is not _END:  # leaving early: stop the engine and let its thread run out
+            if not ended:  # leaving early: stop the engine and let its thread run out
                 job.cancelled.set()
                 while await pending.get() is not _END:
                     pass
@@ -301,6 +305,20 @@ class ModelWorker:
                 )
         finally:
             asyncio.run_coroutine_threadsafe(pending.put(_END), loop).result()
+
+
+def _with_waiting_chunks(chunk: bytes, pending: asyncio.Queue) -> tuple[bytes, bool]:
+    """`chunk` joined with the chunks the engine made while the previous one was on its way (up to
+    _MAX_MESSAGE_BYTES), and whether the end of the clip was among them. When the engine runs ahead of the
+    channel layer this sends fewer, larger messages; when it does not, nothing waits and nothing is delayed."""
+    parts, size = [chunk], len(chunk)
+    while size < _MAX_MESSAGE_BYTES and not pending.empty():
+        following = pending.get_nowait()
+        if following is _END:
+            return b"".join(parts), True
+        parts.append(following)
+        size += len(following)
+    return b"".join(parts), False
 
 
 def _compute_latents(loaded: LoadedEngine, message: dict) -> str:
