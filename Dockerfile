@@ -4,12 +4,21 @@
 #   web        (default CMD)  daphne serving HTTP + WebSocket on $HOST:$PORT
 #   tts worker               python manage.py tts_worker
 #   celery                   celery -A callwaiting worker   (voice processing)
+#   celery beat              celery -A callwaiting beat     (periodic tasks, exactly one)
 # docker-compose.yml wires them into the production topology (PostgreSQL, Redis, separate model workers).
 #
 # No system packages are needed: the espeakng-loader wheel ships libespeak-ng and its data, psycopg[binary]
 # ships libpq, and torch wheels (for XTTS) bring their own CUDA runtime; the NVIDIA container toolkit adds
 # the driver on GPU hosts. Model downloads (TTS_HOME) and any other library cache (XDG_CACHE_HOME: Hugging
 # Face, torch hub) go to the /models volume, so weights are fetched once, not per container.
+#
+# Two builds of the same code, chosen with the TORCH_INDEX_URL build argument:
+#   default (empty)   PyPI's torch, which is the CUDA 13 build (CUDA runtime in nvidia-* wheels, several GB;
+#                     the host needs an NVIDIA driver for CUDA 13, R580 or newer). GPU workers run this image;
+#                     any other role can too.
+#   CPU-only          docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t callwaiting-tts:cpu .
+#                     torch, torchaudio and torchcodec from PyTorch's CPU-only index, no CUDA libraries: a much
+#                     smaller image for web, celery and CPU (eSpeak) workers. XTTS still runs in it, on the CPU.
 
 FROM python:3.11-slim
 
@@ -30,9 +39,16 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
-# Dependencies first: this layer is rebuilt only when requirements.txt changes.
+# Dependencies first: this layer is rebuilt only when requirements.txt (or TORCH_INDEX_URL) changes. With an
+# index, torch, torchaudio and torchcodec come from it first at the versions requirements.txt pins (a "+cpu"
+# build satisfies the pin), so the second install keeps them instead of fetching PyPI's CUDA builds. All
+# three: PyPI's torchaudio and torchcodec link against torch's CUDA libraries.
+ARG TORCH_INDEX_URL=""
 COPY requirements.txt ./
-RUN pip install -r requirements.txt
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^(torch|torchaudio|torchcodec)==' requirements.txt); \
+    fi \
+    && pip install -r requirements.txt
 
 # The project's fixed top-level layout, listed explicitly so a local .venv, var/ or test caches in the
 # build context never end up in the image.
