@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP (Django) now, WebSocket routes join here through Channels' ProtocolTypeRouter."""
+"""ASGI entry point: HTTP (Django) and WebSocket (/v1/stream) through Channels' ProtocolTypeRouter."""
 import asyncio
 import functools
 import json
@@ -59,16 +59,16 @@ class UploadSizeLimitMiddleware:
         return await self.app(scope, receive, send)
 
 
-def _daphne_request(send):
-    """daphne's per-request protocol object (a twisted Request; its `send` is partial(server.handle_reply,
-    request)), or None under another server."""
-    request = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    return request if hasattr(request, "registerProducer") else None
+def _daphne_protocol(send):
+    """daphne's protocol object for this connection (a twisted Request for HTTP, an autobahn protocol for a
+    WebSocket; daphne's `send` is partial(server.handle_reply, protocol)), or None under another server."""
+    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    return protocol if hasattr(protocol, "registerProducer") else None
 
 
 @implementer(IPushProducer)
 class _SocketWritable:
-    """Registered with daphne's request as a streaming producer: twisted pauses it when the socket's send
+    """Registered with daphne's protocol as a streaming producer: twisted pauses it when the socket's send
     buffer is full (the client reads slower than we write) and resumes it when the buffer drains."""
 
     def __init__(self):
@@ -82,55 +82,64 @@ class _SocketWritable:
         self.event.set()
 
     def stopProducing(self):
-        self.event.set()  # the connection is going away; the app learns it from http.disconnect
+        self.event.set()  # the connection is going away; the app learns it from its disconnect message
 
 
 class DaphneStreamingMiddleware:
-    """Two things a streamed response needs that daphne does not do; under other servers responses pass
-    through untouched.
+    """Two things streamed audio needs that daphne does not do; under other servers it passes through.
 
-    Backpressure: daphne's `send` only appends to twisted's write buffer, so a client reading slower than
-    speech is produced would have the audio pile up there. Instead the app waits while the socket is full;
-    that stops this stream's reads from its model worker, whose credit window then stops the engine (see
-    synthesis/worker.py). A client that reads nothing for TTS_CLIENT_STALL_TIMEOUT seconds is disconnected,
-    which cancels its job.
+    Backpressure (HTTP and WebSocket): daphne's `send` only appends to twisted's write buffer, so a client
+    reading slower than speech is produced would have the audio pile up there. Instead the app waits while
+    the socket is full; that stops this stream's reads from its model worker, whose credit window then stops
+    the engine (see synthesis/worker.py). A client that reads nothing for TTS_CLIENT_STALL_TIMEOUT seconds is
+    disconnected, which cancels its job.
 
-    Broken transfers: a response that fails after its headers went out (a model worker died mid-stream) must
-    reach the client as a broken transfer, never as a complete-looking short file. ASGI has no message for
-    that, and daphne, given the exception, would try to start a 500 on a response already started and leave
-    the connection hanging; so the TCP connection is aborted."""
+    Broken transfers (HTTP): a response that fails after its headers went out (a model worker died
+    mid-stream) must reach the client as a broken transfer, never as a complete-looking short file. ASGI has
+    no message for that, and daphne, given the exception, would try to start a 500 on a response already
+    started and leave the connection hanging; so the TCP connection is aborted."""
+
+    # Per protocol: the message that carries data, and the one that ends the exchange.
+    _DATA = {"http": "http.response.body", "websocket": "websocket.send"}
+    _END = {"http": "http.response.body", "websocket": "websocket.close"}
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        request = _daphne_request(send) if scope["type"] == "http" else None
-        if request is None:
+        protocol = _daphne_protocol(send) if scope["type"] in self._DATA else None
+        if protocol is None:
             return await self.app(scope, receive, send)
+        kind = scope["type"]
         writable = _SocketWritable()
         started = registered = False
 
-        def abort():
-            if request.channel is not None:  # None once the connection is lost
-                request.channel.transport.abortConnection()
+        def channel():
+            """The connection's twisted HTTPChannel while the connection is up: the transport calls it when the
+            socket fills or drains, and it passes that on to one registered producer. A WebSocket keeps the
+            channel it was upgraded from as its transport's producer; an HTTP request loses it on disconnect."""
+            holder = protocol.channel if kind == "http" else getattr(protocol.transport, "producer", None)
+            connection = getattr(holder, "transport", None)
+            up = connection is not None and not connection.disconnected and hasattr(holder, "registerProducer")
+            return holder if up else None
 
         def unregister():
             nonlocal registered
-            if registered and request.channel is not None:
-                request.unregisterProducer()
+            if registered and (up := channel()) is not None:
+                up.unregisterProducer()
             registered = False
 
         async def paced_send(message):
             nonlocal started, registered
             started = started or message["type"] == "http.response.start"
-            more = message["type"] == "http.response.body" and message.get("more_body", False)
-            if more and not registered and request.channel is not None:
-                request.registerProducer(writable, True)
+            more = message["type"] == self._DATA[kind] and (kind == "websocket" or message.get("more_body", False))
+            if more and not registered and (up := channel()) is not None:
+                up.registerProducer(writable, True)
                 registered = True
-                if getattr(request.channel, "_waitingForTransport", False):
+                if getattr(up, "_waitingForTransport", False):
                     writable.pauseProducing()  # twisted tells a producer only about later changes
-            if message["type"] == "http.response.body" and not more:
-                unregister()  # before the request finishes, so a pipelined next request may register its own
+            if message["type"] == self._END[kind] and not more:
+                unregister()  # before the exchange ends, so a pipelined next request may register its own
             await send(message)
             if more and not writable.event.is_set():
                 try:
@@ -138,15 +147,16 @@ class DaphneStreamingMiddleware:
                 except asyncio.TimeoutError:
                     logger.info("dropping %s: its client read nothing for %g s", scope["path"],
                                 settings.TTS_CLIENT_STALL_TIMEOUT)
-                    abort()
+                    if (up := channel()) is not None:
+                        up.transport.abortConnection()
 
         try:
             await self.app(scope, receive, paced_send)
         except Exception:
-            if not started:
+            if not started or (up := channel()) is None:
                 raise
             logger.warning("aborting %s: the response failed after it had started", scope["path"], exc_info=True)
-            abort()
+            up.transport.abortConnection()
         finally:
             unregister()
 

@@ -169,3 +169,40 @@ def test_a_stalled_client_that_hangs_up_frees_its_worker(server):
     connection.close()
     response.close()
     _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=5)
+
+
+def _websocket(server):
+    """A WebSocket client on /v1/stream with a fixed 64 kB socket buffer (no autotuning into megabytes; smaller
+    than the loopback MSS would make TCP itself crawl), that queues at most two frames itself."""
+    from websockets.sync.client import connect
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", server["port"]))
+    return connect(f"ws://127.0.0.1:{server['port']}/v1/stream", sock=sock, max_size=None, max_queue=2,
+                   additional_headers={"Authorization": f"Bearer {server['key']}"}, open_timeout=20)
+
+
+def test_websocket_listener_that_stops_reading_holds_its_job_and_gets_every_sample(server):
+    with _websocket(server) as websocket:
+        websocket.send(json.dumps({"type": "synthesize", "text": LONG_TEXT}))
+        start = json.loads(websocket.recv(timeout=20))
+        assert start["type"] == "start" and start["sample_rate"] == 22050
+        received = len(websocket.recv(timeout=20))
+        held = _until(lambda: [worker for worker in _workers(server) if worker["waiting_for_client"]])
+        assert held[0]["load"] == 1
+        while isinstance(frame := websocket.recv(timeout=20), bytes):
+            received += len(frame)
+        done = json.loads(frame)
+    assert done["type"] == "done" and done["audio_seconds"] > 60
+    assert received == round(done["audio_seconds"] * 22050) * 2
+
+
+def test_websocket_listener_that_hangs_up_mid_stream_frees_its_worker(server):
+    websocket = _websocket(server)
+    websocket.send(json.dumps({"type": "synthesize", "text": LONG_TEXT}))
+    assert json.loads(websocket.recv(timeout=20))["type"] == "start"
+    _until(lambda: any(worker["waiting_for_client"] for worker in _workers(server)))
+    websocket.socket.shutdown(socket.SHUT_RDWR)
+    websocket.socket.close()
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=5)
