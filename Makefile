@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/topology.py
 	$(PY) bench/xtts_vocoder.py
 
 worker: install

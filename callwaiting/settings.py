@@ -38,6 +38,11 @@ DEBUG = env_bool("DEBUG", False)
 # The embedded default is only for a laptop; production sets SECRET_KEY from a secret store.
 SECRET_KEY = os.environ.get("SECRET_KEY") or "embedded-insecure-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+# Behind a TLS-terminating proxy or ingress: the origins forms are posted from (admin, portal), and whether to
+# trust its X-Forwarded-Proto header.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 HOST = os.environ.get("HOST", "0.0.0.0")
 PORT = env_int("PORT", 8000)
 
@@ -142,6 +147,8 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
 # Local folder by default; any S3-compatible store when a bucket is configured (AWS_* / S3 endpoint variables
 # of django-storages: AWS_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_S3_REGION_NAME).
 AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")
+AWS_S3_ENDPOINT_URL = os.environ.get("AWS_S3_ENDPOINT_URL") or None  # MinIO, R2, ...; None: AWS itself
+AWS_S3_REGION_NAME = os.environ.get("AWS_S3_REGION_NAME") or None
 STORAGES = {
     "default": (
         {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"default_acl": None, "querystring_auth": True}}

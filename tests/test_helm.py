@@ -362,7 +362,7 @@ def test_the_ingress_routes_to_the_web_service_and_its_host_is_allowed():
     assert "tts.example.com" in allowed
     env = effective_env(container(docs, "worker"), docs)
     assert env["AWS_STORAGE_BUCKET_NAME"] == ("configmap", "voices")
-    assert env["AWS_ENDPOINT_URL_S3"] == ("configmap", "https://minio.example.com")
+    assert env["AWS_S3_ENDPOINT_URL"] == ("configmap", "https://minio.example.com")
     assert not find(render(REQUIRED), "Ingress")
 
 
