@@ -250,10 +250,12 @@ class ModelWorker:
                 samples += len(chunk) // 2
             ended = True
         finally:
-            if not ended:  # leaving early: stop the engine and let its thread run out
+            if not ended:  # leaving early: stop the engine, and drain until its thread has returned
                 job.cancelled.set()
-                while await pending.get() is not _END:
-                    pass
+                while not render.done():
+                    while not pending.empty():
+                        pending.get_nowait()  # a thread blocked on a full queue goes on, sees the cancel
+                    await asyncio.wait([render], timeout=_FULL_RETRY_SECONDS)
         try:
             await render
         except EngineError as exc:
