@@ -156,6 +156,10 @@ class WorkerStream(WorkerJob):
         return None
 
     async def cancel(self) -> None:
-        if self.worker_channel and not self.finished:
-            self.finished = True
+        if self.finished:
+            return
+        self.finished = True
+        if self.worker_channel:
             await self.layer.send(self.worker_channel, {"type": "tts.cancel", "job_id": self.job_id})
+        elif self.layer is not None:  # sent, not yet accepted: the worker that takes it will drop it
+            await asyncio.to_thread(workers.job_abandon, job_id=self.job_id)

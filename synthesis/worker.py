@@ -218,6 +218,8 @@ class ModelWorker:
         message = job.message
         if time.time() > message.get("accept_by", float("inf")):
             return  # the client was already told no worker was available
+        if await asyncio.to_thread(workers.job_abandoned, job.id):
+            return  # its client went away before any worker took it
         loaded = self.engines.get(message["engine"])
         await self._reply(
             job,

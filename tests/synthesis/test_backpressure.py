@@ -76,3 +76,30 @@ def test_cancelling_a_held_stream_frees_the_worker(live_voices, engine_tap, sett
 
     async_to_sync(scenario)()
     assert engine_tap.finished.wait(5) and engine_tap.stopped_early
+
+
+def test_a_job_given_up_before_any_worker_took_it_is_dropped_by_the_worker(live_voices, engine_tap, settings):
+    settings.TTS_WORKER_CAPACITY = 1
+    settings.TTS_JOB_ACCEPT_TIMEOUT = 5
+    engine_tap.hold_after_first_chunk()
+
+    async def whole(stream: WorkerStream) -> bytes:
+        first = await stream.start()
+        return first + b"".join([chunk async for chunk in stream.chunks()])
+
+    async def scenario():
+        busy = _stream()
+        first = await busy.start()  # takes the worker's only slot; its engine is held
+        given_up = _stream()
+        starting = asyncio.ensure_future(given_up.start())
+        await asyncio.sleep(0.2)  # sent, and queued: no worker has room to accept it
+        assert not starting.done() and not given_up.worker_channel
+        starting.cancel()  # its client went away
+        await given_up.cancel()
+        engine_tap.release()
+        spoken = first + b"".join([chunk async for chunk in busy.chunks()])
+        # The worker takes jobs in order: had it served the abandoned one for nobody, that job would hold its
+        # only slot and this one would get no worker within the accept timeout.
+        return spoken + await whole(_stream())
+
+    assert async_to_sync(scenario)() == engine_tap.pcm  # the engine spoke for the two live jobs only
