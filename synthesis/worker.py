@@ -131,6 +131,8 @@ class ModelWorker:
             try:
                 await asyncio.to_thread(workers.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
                 self.ready.set()
+            except RuntimeError:
+                raise  # the event loop is shutting down (its executor is gone): nothing left to announce
             except Exception:  # a cache outage must not kill the worker; the next beat retries
                 logger.exception("worker %s: heartbeat failed", self.worker_id)
             await asyncio.sleep(settings.TTS_WORKER_HEARTBEAT_SECONDS)
