@@ -189,6 +189,31 @@ def test_a_worker_killed_mid_stream_breaks_the_transfer_and_is_recorded(topology
     assert topology.usage()[-1] == {"status": "error", "error_code": "worker_lost"}
 
 
+def test_a_worker_killed_mid_stream_sends_a_websocket_listener_the_error_frame(topology):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    topology.start_worker("xtts", "--engines", "xtts", "--capacity", "1")
+    topology.wait_for_engines("xtts")
+    with connect(f"ws://127.0.0.1:{topology.port}/v1/stream", max_size=None, open_timeout=20,
+                 additional_headers={"Authorization": f"Bearer {topology.key}"}) as websocket:
+        websocket.send(json.dumps({"type": "synthesize", "text": SENTENCES, "voice_id": "slow_xtts"}))
+        assert json.loads(websocket.recv(timeout=60))["type"] == "start"
+        assert isinstance(websocket.recv(timeout=60), bytes)
+        topology.workers["xtts"].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        while isinstance(frame := websocket.recv(timeout=30), bytes):
+            pass
+        detected = time.monotonic() - killed_at
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=10)
+    print(f"worker death reached the WebSocket listener {detected:.2f} s after kill -9")
+    assert json.loads(frame)["error"]["code"] == "worker_lost"
+    assert closed.value.rcvd.code == 4503
+    assert detected < 15
+    assert topology.usage()[-1] == {"status": "error", "error_code": "worker_lost"}
+
+
 def test_sigterm_lets_the_stream_in_flight_finish(topology):
     topology.start_worker("xtts", "--engines", "xtts", "--capacity", "1")
     topology.wait_for_engines("xtts")
