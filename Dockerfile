@@ -46,7 +46,7 @@ WORKDIR /app
 ARG TORCH_INDEX_URL=""
 COPY requirements.txt ./
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^(torch|torchaudio|torchcodec)==' requirements.txt); \
+        pip install --index-url "$TORCH_INDEX_URL" $(grep -oE '^(torch|torchaudio|torchcodec)==[^ #]+' requirements.txt); \
     fi \
     && pip install -r requirements.txt
 
