@@ -66,6 +66,30 @@ def _daphne_protocol(send):
     return protocol if hasattr(protocol, "registerProducer") else None
 
 
+class RequestCleanupMiddleware:
+    """Runs the clean-ups a view registered for its request (scope["callwaiting.cleanups"], async callables)
+    once the exchange is over, however it ended. A streamed body's own `finally` is not enough: Django closes
+    only its wrapper of an async body, so a body abandoned mid-stream (client gone, connection dropped) would
+    be finalized whenever the garbage collector gets to it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cleanups = scope["callwaiting.cleanups"] = []
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            for cleanup in cleanups:
+                await cleanup()
+
+
+class _ClientStalled(Exception):
+    """Raised out of `send` to stop an app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT."""
+
+
 @implementer(IPushProducer)
 class _SocketWritable:
     """Registered with daphne's protocol as a streaming producer: twisted pauses it when the socket's send
@@ -149,9 +173,13 @@ class DaphneStreamingMiddleware:
                                 settings.TTS_CLIENT_STALL_TIMEOUT)
                     if (up := channel()) is not None:
                         up.transport.abortConnection()
+                    # Stop the app now: it would otherwise run on into a dead connection before it hears of it.
+                    raise _ClientStalled() from None
 
         try:
             await self.app(scope, receive, paced_send)
+        except _ClientStalled:
+            pass  # dropped on purpose; the app's own clean-up has recorded it
         except Exception:
             if not started or (up := channel()) is None:
                 raise
@@ -161,9 +189,9 @@ class DaphneStreamingMiddleware:
             unregister()
 
 
-application = DaphneStreamingMiddleware(
+application = RequestCleanupMiddleware(DaphneStreamingMiddleware(
     UploadSizeLimitMiddleware(EmbeddedWorkerMiddleware(ProtocolTypeRouter({
         "http": django_application,
         "websocket": URLRouter(websocket_urlpatterns),
     })))
-)
+))

@@ -108,12 +108,6 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
     return session
 
 
-async def _abandon(session: SynthesisSession) -> None:
-    """An utterance stopped before its audio began: what stream_body does when its client goes away."""
-    await session.stream.cancel()
-    await database_sync_to_async(session.close)(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
-
-
 def _parse(text_data: str | None) -> dict:
     if text_data is None:
         raise ApiError("binary_frame", "Send JSON text frames; binary frames only flow from the server (audio).")
@@ -221,7 +215,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # A thread cannot be interrupted: let the checks finish, then give back the stream slot they took.
             await asyncio.wait([admit])
             if not admit.cancelled() and admit.exception() is None:
-                await _abandon(admit.result())
+                await admit.result().abandon()
             raise
         try:
             first = await session.start()
@@ -231,7 +225,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "worker_id": session.stream.worker_id,
             })
         except BaseException:  # cancelled, or the start frame could not go out: no audio will follow
-            await _abandon(session)
+            await session.abandon()
             raise
         # Cancelling this task (cancel, disconnect) closes the body generator, whose own cleanup cancels the
         # worker job and bills the utterance as client_disconnected.

@@ -168,8 +168,17 @@ class SynthesisSession:
             raise
         finally:
             if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
-                await self.stream.cancel()
-            await sync_to_async(self.close)(outcome, code)
+                await self.abandon()
+            else:
+                await sync_to_async(self.close)(outcome, code)
+
+    async def abandon(self) -> None:
+        """The client is gone before the audio was all out: cancel the job, bill what was sent. A no-op once
+        the request was closed (in particular after a complete stream)."""
+        if self._closed:
+            return
+        await self.stream.cancel()
+        await sync_to_async(self.close)(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
 
     async def collect(self, first: bytes) -> bytes:
         """The whole clip, for streaming=false."""

@@ -54,6 +54,10 @@ class SynthesizeView(TenantApiView):
         }
         if not session.streaming:
             return HttpResponse(body, content_type=content_type, headers=headers)
+        # However the exchange ends, an unfinished stream is cancelled and billed (see RequestCleanupMiddleware).
+        cleanups = getattr(request, "scope", {}).get("callwaiting.cleanups")
+        if cleanups is not None:
+            cleanups.append(session.abandon)
         return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 

@@ -33,10 +33,9 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) ->
     pytest.fail(f"daphne did not start on port {port}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("server")
-    env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}"}
+def _start_server(data_dir: Path, **extra_env: str):
+    """migrate, bootstrap_demo and daphne on a free port, as `make run` does; yields {"port", "key"}."""
+    env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}", **extra_env}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     if env.get("REDIS_URL"):
         # Its own Redis database: the test process flushes its cache between tests.
@@ -49,12 +48,17 @@ def server(tmp_path_factory):
     daphne = Path(sys.executable).with_name("daphne")
     process = subprocess.Popen(
         [str(daphne), "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(data_dir / "daphne.log", "w"),
     )
     _wait_for_port(port, process)
-    yield {"port": port, "key": key}
+    yield {"port": port, "key": key, "db": data_dir / "db.sqlite3"}
     process.terminate()
     process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _start_server(tmp_path_factory.mktemp("server"))
 
 
 def _connection(server) -> http.client.HTTPConnection:
@@ -206,3 +210,23 @@ def test_websocket_listener_that_hangs_up_mid_stream_frees_its_worker(server):
     websocket.socket.shutdown(socket.SHUT_RDWR)
     websocket.socket.close()
     _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=5)
+
+
+@pytest.fixture
+def impatient_server(tmp_path):
+    yield from _start_server(tmp_path, TTS_CLIENT_STALL_TIMEOUT="1")
+
+
+def test_a_client_that_reads_nothing_for_the_stall_timeout_is_dropped_and_its_job_cancelled(impatient_server):
+    import sqlite3
+
+    _, response = _start_long_stream(impatient_server)
+    assert response.read1(1024)[:4] == b"RIFF"
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):  # dropped: never a complete-looking file
+        time.sleep(3)  # reads nothing for longer than TTS_CLIENT_STALL_TIMEOUT
+        while response.read1(65536):
+            pass
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(impatient_server)), timeout=5)
+    with sqlite3.connect(impatient_server["db"]) as database:
+        rows = database.execute("SELECT status FROM tenants_usagerecord").fetchall()
+    assert rows == [("client_disconnected",)]
