@@ -41,8 +41,8 @@ ESPEAK_VOICE = "en-us"  # the "default" voice's engine_settings in config/voices
 WAV_HEADER_BYTES = 44
 WARMUP = 3
 RAISE_LIMITS = (
-    "from tenants.models import Tenant; "
-    "Tenant.objects.filter(slug='demo').update(requests_per_minute=10**9, requests_per_hour=10**9)"
+    "from tenants.models import Tenant; Tenant.objects.filter(slug='demo').update(requests_per_minute=10**9, "
+    "requests_per_hour=10**9, max_concurrent_streams=1000, monthly_character_quota=None)"
 )
 
 
@@ -107,7 +107,7 @@ def manage(env: dict, *arguments: str) -> str:
 
 
 def prepare_database(env: dict) -> str:
-    """Migrate, create the demo tenant, lift its rate limits; return the demo API key."""
+    """Migrate, create the demo tenant, lift its limits; return the demo API key."""
     manage(env, "migrate", "--noinput")
     output = manage(env, "bootstrap_demo")
     match = re.search(r"API key \(shown once\): (\S+)", output)

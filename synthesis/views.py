@@ -61,6 +61,10 @@ class SynthesizeView(TenantApiView):
         return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 
+# What /v1/health shows of each live worker's heartbeat.
+_WORKER_FIELDS = ("worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "heartbeat_at")
+
+
 class HealthView(APIView):
     """GET /v1/health: no key needed; 200 when serving (ok or degraded), 503 when it cannot serve at all."""
 
@@ -90,7 +94,7 @@ class HealthView(APIView):
             "database": database,
             "engines": engines,
             "workers": [
-                {key: info[key] for key in ("worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "heartbeat_at")}
+                {key: info[key] for key in _WORKER_FIELDS}
                 | {"engines": sorted(name for name, state in info["engines"].items() if state["available"])}
                 for info in live
             ],

@@ -220,8 +220,6 @@ class ModelWorker:
         message = job.message
         if time.time() > message.get("accept_by", float("inf")):
             return  # the client was already told no worker was available
-        if await asyncio.to_thread(workers.job_abandoned, job.id):
-            return  # its client went away before any worker took it
         loaded = self.engines.get(message["engine"])
         await self._reply(
             job,
@@ -240,10 +238,15 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
         render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
+        # Whether its client gave up before any worker took it (a cache round trip): asked while the engine
+        # makes the first chunk, so that it adds nothing to the time to first audio.
+        abandoned = asyncio.ensure_future(asyncio.to_thread(workers.job_abandoned, job.id))
         seq = samples = 0
         ended = False
         try:
             while not ended and (chunk := await pending.get()) is not _END:
+                if seq == 0 and await abandoned:
+                    job.cancelled.set()
                 if job.cancelled.is_set():
                     continue  # drain so the engine thread is never stuck on a full queue
                 if not await self._wait_for_credit(job, seq):
