@@ -103,8 +103,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache, rate limits, channel layer ---------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
-# Messages (audio chunks of ~100 ms) a channel holds unread before senders wait: per channel in memory, per
-# web process with channels_redis (its process-specific channels share one inbox).
+# The channel layer serves WebSocket groups only (jobs and audio go through synthesis.jobqueue): messages a
+# channel holds unread before senders wait.
 CHANNEL_CAPACITY = {"capacity": env_int("TTS_CHANNEL_CAPACITY", 1000)}
 if REDIS_URL:
     CACHES = {
@@ -203,7 +203,9 @@ TTS_MAX_TEXT_CHARS = env_int("TTS_MAX_TEXT_CHARS", 5000)
 # The model worker runs inside the web process unless dedicated `manage.py tts_worker` processes serve jobs.
 TTS_EMBEDDED_WORKER = env_bool("TTS_EMBEDDED_WORKER", True)
 TTS_WORKER_CAPACITY = env_int("TTS_WORKER_CAPACITY", 8)
-TTS_JOB_CHANNEL = os.environ.get("TTS_JOB_CHANNEL", "tts.synthesize")
+# The Redis Stream that model workers take jobs from (production); web processes' and workers' inboxes are
+# named under it. Separate worker pools (e.g. per GPU kind) can use separate queues.
+TTS_JOB_QUEUE = os.environ.get("TTS_JOB_QUEUE", "cw:tts:jobs")
 # How long a job may wait for a worker to take it before the client gets a 503.
 TTS_JOB_ACCEPT_TIMEOUT = env_float("TTS_JOB_ACCEPT_TIMEOUT", 5.0)
 # How long a stream may go without a chunk before it is treated as failed.

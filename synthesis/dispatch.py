@@ -1,15 +1,25 @@
-"""The web side of the worker boundary: send a job over the channel layer, receive its audio as it comes."""
+"""The web side of the worker boundary: queue a job for a model worker, receive its answers as they come.
+
+Jobs go through the job queue (synthesis.jobqueue) to exactly one worker. The worker's answers arrive in this
+process's one inbox, whose reader fans them out to a queue per job; every wait has its timeout on that
+per-job queue, so no read from Redis is ever cancelled. Credit and cancel go to the inbox of the one worker
+that runs the job.
+"""
 import asyncio
+import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from synthesis import workers
 from synthesis.frontend import Pause, Segment
+from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name
+
+logger = logging.getLogger(__name__)
 
 
 class DispatchError(Exception):
@@ -41,91 +51,229 @@ _CLIENT_ERROR_CODES = {
 }
 
 
+def worker_inbox(worker_id: str) -> str:
+    """Where a worker reads credit and cancel for its jobs."""
+    return f"worker:{worker_id}"
+
+
+class ReplyRouter:
+    """This process's one inbox for the answers to all of its jobs, fanned out to a queue per job."""
+
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+        self.inbox = new_inbox_name("web")
+        self._jobs: dict[str, asyncio.Queue] = {}
+        self._stopped: dict[tuple[str, str], None] = {}  # jobs told to stop after they ended here (bounded)
+
+    def open(self, job_id: str) -> asyncio.Queue:
+        replies = self._jobs[job_id] = asyncio.Queue()
+        return replies
+
+    def close(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def deliver(self, message: dict) -> None:
+        job_id, kind, worker_id = message.get("job_id"), message.get("type"), message.get("worker_id")
+        if not isinstance(kind, str) or not isinstance(worker_id, str) or not worker_id:
+            return  # not a worker's answer
+        replies = self._jobs.get(job_id)
+        if replies is not None:
+            replies.put_nowait(message)
+        elif kind in ("tts.accepted", "tts.audio") and (job_id, worker_id) not in self._stopped:
+            # A job this process no longer waits for (it gave up, its client left) is still running: stop it.
+            self._stopped[(job_id, worker_id)] = None
+            while len(self._stopped) > 1024:
+                self._stopped.pop(next(iter(self._stopped)))
+            cancel = {"type": "tts.cancel", "job_id": job_id}
+            task = asyncio.ensure_future(self.queue.send(worker_inbox(worker_id), cancel))
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())  # best effort
+
+
+_routers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future]" = weakref.WeakKeyDictionary()
+
+
+async def reply_router() -> ReplyRouter:
+    """The running event loop's router, its inbox open before the first job is queued."""
+    loop = asyncio.get_running_loop()
+    opening = _routers.get(loop)
+    if opening is None:
+
+        async def open_router() -> ReplyRouter:
+            router = ReplyRouter(job_queue())
+            await router.queue.open_inbox(router.inbox, router.deliver)
+            return router
+
+        opening = _routers[loop] = asyncio.ensure_future(open_router())
+    try:
+        return await asyncio.shield(opening)
+    except Exception:
+        _routers.pop(loop, None)  # Redis was down: the next request tries again
+        raise
+
+
 class WorkerJob:
-    """A job sent to whichever model worker takes it, with a private reply channel for its answers."""
+    """A job for whichever model worker takes it; its answers come through this process's ReplyRouter."""
+
+    kind = ""
 
     def __init__(self):
         self.job_id = uuid.uuid4().hex
-        self.layer = None  # taken in submit(), on the event loop that serves the request
-        self.reply_channel = ""
-        self.worker_channel = ""
-        self.worker_id = ""
+        self.entry = ""  # the job's id in the queue
+        self.worker_id = ""  # the worker running it
+        self.sample_rate = 0
         self.finished = False
+        self.answered = False  # the worker sent more than its acceptance: the job is that worker's for good
+        self._router: ReplyRouter | None = None
+        self._replies: asyncio.Queue | None = None
+        self._disowned: set[str] = set()
 
-    async def _next(self, timeout: float) -> dict:
-        """The next message from the worker. Once a worker has the job, its heartbeat is checked whenever it
-        is quiet, so a worker that died (kill -9, lost machine) fails the job within TTS_WORKER_DEAD_AFTER."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            wait = min(left, settings.TTS_WORKER_DEAD_AFTER / 3) if self.worker_id else left
-            try:
-                return await asyncio.wait_for(self.layer.receive(self.reply_channel), max(wait, 0))
-            except asyncio.TimeoutError:
-                pass
-            if not self.worker_channel and left <= wait:
-                raise DispatchError(
-                    "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
-                )
-            if self.worker_id and not await asyncio.to_thread(workers.worker_alive, self.worker_id):
-                self.finished = True
-                raise DispatchError("worker_lost", "The model worker serving this request stopped; try again.")
-            if left <= wait:
-                raise DispatchError("worker_timeout", f"The model worker did not answer for {timeout:g} s.")
-
-    async def submit(self, kind: str, fields: dict) -> dict:
-        """Send the job and wait until a worker accepts it; returns the acceptance."""
+    async def submit(self, fields: dict) -> None:
+        """Queue the job and wait until a worker accepts it."""
         from synthesis.worker import ensure_embedded_worker
 
         ensure_embedded_worker()
-        self.layer = get_channel_layer()
-        self.reply_channel = await self.layer.new_channel()
+        self._router = await reply_router()
+        self._replies = self._router.open(self.job_id)
         accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
-        message = {"type": kind, "job_id": self.job_id, "reply_channel": self.reply_channel, **fields}
-        await self.layer.send(settings.TTS_JOB_CHANNEL, {**message, "accept_by": time.time() + accept_timeout})
-        accepted = await self._next(accept_timeout)
-        self.worker_channel, self.worker_id = accepted["worker_channel"], accepted["worker_id"]
-        return accepted
+        message = {
+            "type": self.kind, "job_id": self.job_id, "reply_to": self._router.inbox,
+            "accept_by": time.time() + accept_timeout, **fields,
+        }
+        try:
+            self.entry = await self._router.queue.submit(message)
+        except Exception as exc:  # Redis unreachable
+            self._finish()
+            raise DispatchError("queue_unavailable", f"The job queue cannot be reached: {exc}") from None
+        await self._next(accept_timeout)
+
+    async def _next(self, timeout: float) -> dict:
+        """The next answer from the job's worker (its acceptance when none had the job).
+
+        Once a worker has the job, its heartbeat is checked whenever it is quiet. A worker that died before it
+        answered leaves the job to another worker, which claims it from the queue; one that died after fails
+        the job (worker_lost) within TTS_WORKER_DEAD_AFTER."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        orphaned = False
+        while True:
+            left = deadline - loop.time()
+            wait = min(left, settings.TTS_WORKER_DEAD_AFTER / 3) if self.worker_id else left
+            try:
+                message = await asyncio.wait_for(self._replies.get(), max(wait, 0))
+            except asyncio.TimeoutError:
+                message = None
+            if message is not None:
+                sender = message["worker_id"]
+                if message["type"] == "tts.accepted" and not self.worker_id:
+                    self.worker_id, self.sample_rate = sender, message.get("sample_rate", 0)
+                    return message
+                if sender != self.worker_id:
+                    await self._disown(sender)  # never mix two workers' audio in one answer
+                    continue
+                self.answered = self.answered or message["type"] != "tts.accepted"
+                return message
+            if self.worker_id and not await asyncio.to_thread(workers.worker_alive, self.worker_id):
+                if self.answered:
+                    await self._fail("worker_lost", "The model worker serving this request stopped; try again.")
+                logger.info("job %s: worker %s died before answering; waiting for another", self.job_id,
+                            self.worker_id)
+                self.worker_id, orphaned = "", True
+                deadline = loop.time() + settings.TTS_JOB_ACCEPT_TIMEOUT
+                continue
+            if loop.time() < deadline:
+                continue
+            if orphaned:
+                await self._fail("worker_lost", "The model worker serving this request stopped and no other "
+                                 "took the job over; try again.")
+            if not self.worker_id:
+                await self._fail(
+                    "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
+                )
+            await self._fail("worker_timeout", f"The model worker did not answer for {timeout:g} s.")
+
+    async def _fail(self, code: str, message: str):
+        """Give the job up everywhere (its worker frees the slot at once), then raise."""
+        await self.cancel()
+        raise DispatchError(code, message)
+
+    async def _disown(self, worker_id: str) -> None:
+        if worker_id not in self._disowned:
+            self._disowned.add(worker_id)
+            logger.warning("job %s: worker %s answered, but %s runs it; cancelling there", self.job_id,
+                           worker_id, self.worker_id)
+            await self._control(worker_id, {"type": "tts.cancel"})
+
+    async def _control(self, worker_id: str, message: dict) -> None:
+        try:
+            await self._router.queue.send(worker_inbox(worker_id), {**message, "job_id": self.job_id})
+        except Exception:  # a lost control message is covered: the worker gives up a stalled job by itself
+            logger.warning("job %s: could not reach worker %s", self.job_id, worker_id, exc_info=True)
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self._router is not None:
+            self._router.close(self.job_id)
 
     def _raise(self, message: dict):
-        self.finished = True
+        self._finish()
         raise DispatchError(message["code"], message["message"], _CLIENT_ERROR_CODES.get(message["code"], 503))
+
+    async def cancel(self) -> None:
+        """The client is gone: stop the job wherever it is, at once."""
+        if self.finished:
+            return
+        self._finish()
+        if self._router is None:
+            return
+        if self.worker_id:
+            await self._control(self.worker_id, {"type": "tts.cancel"})
+            return
+        # Not taken (or its worker died before answering): out of the queue, and a mark for a worker that has
+        # read it already.
+        try:
+            if self.entry:
+                await self._router.queue.withdraw(self.entry)
+            await asyncio.to_thread(workers.job_abandon, job_id=self.job_id)
+        except Exception:
+            logger.warning("job %s: could not withdraw it", self.job_id, exc_info=True)
 
 
 class ConditioningJob(WorkerJob):
     """Have a worker compute a voice's conditioning latents from its stored reference clip."""
 
+    kind = "tts.clone"
+
     async def run(self, *, engine: str, reference: str, latents: str) -> str:
-        await self.submit("tts.clone", {"engine": engine, "reference": reference, "latents": latents})
-        message = await self._next(settings.TTS_CLONE_TIMEOUT)
-        if message["type"] == "tts.error":
-            self._raise(message)
-        self.finished = True
-        return message["latents"]
+        await self.submit({"engine": engine, "reference": reference, "latents": latents})
+        while True:
+            message = await self._next(settings.TTS_CLONE_TIMEOUT)
+            if message["type"] == "tts.error":
+                self._raise(message)
+            if message["type"] == "tts.cloned":
+                self._finish()
+                return message["latents"]
 
 
 class WorkerStream(WorkerJob):
     """One synthesis job in flight: `start()` waits for the first audio, `chunks()` yields the rest."""
 
+    kind = "tts.job"
+
     def __init__(self, spec: JobSpec):
         super().__init__()
         self.spec = spec
-        self.sample_rate = 0
         self.received = 0  # audio chunks handed to the caller
+        self.complete = False  # the worker said the clip is whole (not merely: no more audio is coming)
         self.acknowledged = 0  # of those, how many the worker has been told about
 
     async def start(self) -> bytes:
-        """Send the job; return the first audio chunk (empty when the clip is silent)."""
-        accepted = await self.submit(
-            "tts.job",
-            {
-                "engine": self.spec.engine,
-                "language": self.spec.language,
-                "voice_settings": self.spec.voice_settings,
-                "segments": [_segment_message(segment) for segment in self.spec.segments],
-            },
-        )
-        self.sample_rate = accepted["sample_rate"]
+        """Queue the job; return the first audio chunk (empty when the clip is silent)."""
+        await self.submit({
+            "engine": self.spec.engine,
+            "language": self.spec.language,
+            "voice_settings": self.spec.voice_settings,
+            "segments": [_segment_message(segment) for segment in self.spec.segments],
+        })
         return await self.next_chunk() or b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -133,33 +281,23 @@ class WorkerStream(WorkerJob):
             yield chunk
 
     async def next_chunk(self) -> bytes | None:
-        """The next audio chunk, or None once the worker says the clip is complete.
+        """The next audio chunk, or None once no more is coming: the clip is `complete`, or it was cancelled.
 
         Asking for the next chunk means the caller has written the previous ones out, so this is where the
         worker gets credit to send more (backpressure: see TTS_STREAM_WINDOW). Credit goes in batches of
-        half a window, so the worker never idles for it and the channel layer carries few extra messages."""
+        half a window, so the worker never idles for it and few extra messages are sent."""
         while not self.finished:
             if self.received - self.acknowledged >= max(1, settings.TTS_STREAM_WINDOW // 2):
                 self.acknowledged = self.received
-                await self.layer.send(
-                    self.worker_channel, {"type": "tts.credit", "job_id": self.job_id, "consumed": self.received}
-                )
+                await self._control(self.worker_id, {"type": "tts.credit", "consumed": self.received})
             message = await self._next(settings.TTS_CHUNK_TIMEOUT)
             kind = message["type"]
             if kind == "tts.audio":
                 self.received += 1
                 return message["pcm"]
             if kind == "tts.done":
-                self.finished = True
-            if kind == "tts.error":
+                self.complete = True
+                self._finish()
+            elif kind == "tts.error":
                 self._raise(message)
         return None
-
-    async def cancel(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self.worker_channel:
-            await self.layer.send(self.worker_channel, {"type": "tts.cancel", "job_id": self.job_id})
-        elif self.layer is not None:  # sent, not yet accepted: the worker that takes it will drop it
-            await asyncio.to_thread(workers.job_abandon, job_id=self.job_id)

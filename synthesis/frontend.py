@@ -5,6 +5,7 @@ product needs it: <speak>, <p>, <s>, <break>, <prosody>, <emphasis>, <say-as>, <
 elements we do not interpret is still spoken, as SSML processors are expected to do.
 """
 import re
+import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,18 @@ def _normalize(text: str) -> str:
 def plain_text_segments(text: str, speed: float = 1.0) -> list[Segment]:
     text = _normalize(text)
     return [Speech(text=text, prosody=Prosody(rate=speed))] if text else []
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？;:])\s+")
+
+
+def split_sentences(text: str, char_limit: int) -> list[str]:
+    """One piece per sentence, an over-long sentence wrapped at spaces within `char_limit` characters.
+    Nothing is dropped or repeated: joining the pieces with spaces gives the text back."""
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        pieces.extend(textwrap.wrap(sentence, width=char_limit, break_long_words=True, break_on_hyphens=False))
+    return pieces
 
 
 def spoken_characters(segments: list[Segment]) -> int:

@@ -162,7 +162,8 @@ class SynthesisSession:
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
                 yield chunk
-            outcome, code = UsageRecord.Status.SUCCESS, ""
+            if self.stream.complete:  # else it was cancelled under us: the client is gone
+                outcome, code = UsageRecord.Status.SUCCESS, ""
         except DispatchError as exc:
             outcome, code = UsageRecord.Status.ERROR, exc.code
             raise
@@ -190,6 +191,9 @@ class SynthesisSession:
         except DispatchError as exc:
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
+        if not self.stream.complete:  # cancelled under us: the client is gone
+            await self.abandon()
+            raise ApiError("client_disconnected", "The request was cancelled.", 499)
         await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
         pcm = b"".join(parts)
         return audio.wav_file(pcm, sample_rate=self.sample_rate) if self.audio_format == "wav" else pcm

@@ -62,7 +62,9 @@ class SynthesizeView(TenantApiView):
 
 
 # What /v1/health shows of each live worker's heartbeat.
-_WORKER_FIELDS = ("worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "heartbeat_at")
+_WORKER_FIELDS = (
+    "worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "accepting", "jobs_started", "heartbeat_at",
+)
 
 
 class HealthView(APIView):
@@ -94,7 +96,7 @@ class HealthView(APIView):
             "database": database,
             "engines": engines,
             "workers": [
-                {key: info[key] for key in _WORKER_FIELDS}
+                {key: info.get(key) for key in _WORKER_FIELDS}
                 | {"engines": sorted(name for name, state in info["engines"].items() if state["available"])}
                 for info in live
             ],

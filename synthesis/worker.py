@@ -1,28 +1,35 @@
-"""The model worker: holds the engines, takes synthesis jobs from the channel layer while it has room, and
-sends audio back to each job's reply channel as it is produced.
+"""The model worker: holds the engines, takes jobs from the job queue while it has a free slot, and sends the
+audio back to the inbox of the web process that queued the job, as it is produced.
 
-In the embedded mode it runs as a task inside the web process (in-memory channel layer); in production it
-is `python manage.py tts_worker`, one process per GPU, over channels_redis. The code is the same.
+In the embedded mode it runs as a task inside the web process (synthesis.jobqueue.MemoryJobQueue); in
+production it is `python manage.py tts_worker`, one process per GPU, over Redis Streams (RedisJobQueue).
+The code is the same.
 
-Protocol (all messages are dicts on the channel layer):
-  web -> TTS_JOB_CHANNEL   {"type": "tts.job", "job_id", "reply_channel", "engine", "language",
-                            "voice_settings", "segments", "accept_by"}
-  worker -> reply_channel  {"type": "tts.accepted", "job_id", "worker_id", "worker_channel", "sample_rate"}
-                           {"type": "tts.audio", "job_id", "seq", "pcm"}   (16-bit mono PCM)
-                           {"type": "tts.done", "job_id", "samples"}
-                           {"type": "tts.error", "job_id", "code", "message"}
-  web -> worker_channel    {"type": "tts.cancel", "job_id"}
+Protocol (messages are dicts; every answer carries the job_id and the sender's worker_id):
+  web -> job queue         {"type": "tts.job", "job_id", "reply_to", "engine", "language", "voice_settings",
+                            "segments", "accept_by"}
+  worker -> reply_to       {"type": "tts.accepted", "sample_rate"}
+                           {"type": "tts.audio", "seq", "pcm"}   (16-bit mono PCM)
+                           {"type": "tts.done", "samples"}
+                           {"type": "tts.error", "code", "message"}
+  web -> worker's inbox    {"type": "tts.cancel", "job_id"}
                            {"type": "tts.credit", "job_id", "consumed"}   (audio chunks written to the client)
-Backpressure: a job keeps at most TTS_STREAM_WINDOW chunks beyond the last credit in flight; past that it
-waits, its engine thread blocks on the small pending queue, and the GPU turns to other jobs. The channel
-layer alone cannot do this: channels_redis serves every reply channel of a web process from one shared inbox,
-so its capacity is per process, not per stream.
+The worker acknowledges a job in the queue with its first answer after the acceptance, in the same step as
+sending it. Until then, if the worker dies, another worker claims the job and runs it; after that, the job
+is this worker's (the web side learns of its death from its heartbeat and fails the request: worker_lost).
+
+Isolation: no engine lock is ever held while waiting for a client. The engine renders a sentence at a time
+into the job's own buffer (`emit` never blocks); the sender forwards it while the client keeps up. A client
+that falls behind (no credit for TTS_STREAM_WINDOW messages) parks only its own job: the sender waits, and the
+engine thread waits between sentences once the buffer is full, holding no lock. A job parks in its slot, so a
+worker whose slots are all parked takes no more jobs (`accepting` false in its heartbeat).
 Cloning (from the voice-processing task):
-  task -> TTS_JOB_CHANNEL  {"type": "tts.clone", "job_id", "reply_channel", "engine", "reference", "latents",
+  task -> job queue        {"type": "tts.clone", "job_id", "reply_to", "engine", "reference", "latents",
                             "accept_by"}   (storage names: the clip to read, where to write the latents)
-  worker -> reply_channel  {"type": "tts.accepted", ...} then {"type": "tts.cloned", "latents"} or tts.error
+  worker -> reply_to       {"type": "tts.accepted", ...} then {"type": "tts.cloned", "latents"} or tts.error
 """
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -31,43 +38,112 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from synthesis import workers
 from synthesis.audio import silence
+from synthesis.dispatch import worker_inbox
 from synthesis.engines import LoadedEngine, load_engine
 from synthesis.engines.base import EngineError, Prosody
+from synthesis.frontend import split_sentences
+from synthesis.jobqueue import MAX_DELIVERIES, Delivery, job_queue
 from voices.audio import AudioError, decode_reference
 
 logger = logging.getLogger(__name__)
 
-# Audio waiting between an engine thread and the channel layer, per job: enough to absorb jitter, small
-# enough that a stalled consumer stops the engine instead of letting it buffer the whole utterance.
-_PENDING_CHUNKS = 8
-# Audio already waiting is sent as one message of at most this size (about 0.7 s at 22.05 kHz).
+# Audio already rendered is sent as one message of at most this size (about 0.7 s at 22.05 kHz).
 _MAX_MESSAGE_BYTES = 32 * 1024
+# The engine renders the next sentence only while less than this is waiting in the job's buffer: a parked
+# stream holds at most this plus one sentence.
+_BUFFER_HIGH_WATER = 64 * 1024
+# Text is rendered in pieces of at most this many characters (sentences, long ones wrapped at spaces).
+_PIECE_CHARS = 400
 _SILENCE_CHUNK_MS = 100
-# How often a worker blocked on a full reply channel looks again (and checks for cancellation).
-_FULL_RETRY_SECONDS = 0.02
-_END = object()
 
 
 class _ClientGone(Exception):
     """The web side stopped reading this job's audio."""
 
 
+class _AudioBuffer:
+    """Audio between one job's engine thread and its sender. `put` never blocks (the engine may hold a lock);
+    the engine thread waits for room only between sentences, in `wait_for_room`, holding nothing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._ended = False
+        self._condition = threading.Condition()
+        self._ready = asyncio.Event()
+        self.engine_waiting = False  # the engine thread is paused until the sender catches up
+
+    # engine thread
+    def put(self, chunk: bytes) -> None:
+        with self._condition:
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def end(self) -> None:
+        with self._condition:
+            self._ended = True
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def wait_for_room(self, cancelled: threading.Event) -> None:
+        with self._condition:
+            while self._size >= _BUFFER_HIGH_WATER and not cancelled.is_set():
+                self.engine_waiting = True
+                self._condition.wait()
+            self.engine_waiting = False
+
+    def wake(self) -> None:
+        """A cancel: the engine thread stops waiting for room."""
+        with self._condition:
+            self._condition.notify_all()
+
+    # event loop
+    async def take(self) -> tuple[bytes, bool]:
+        """The audio waiting (at least one chunk, up to _MAX_MESSAGE_BYTES), and whether the clip ended."""
+        while True:
+            with self._condition:
+                if self._chunks:
+                    parts = [self._chunks.popleft()]
+                    size = len(parts[0])
+                    while self._chunks and size + len(self._chunks[0]) <= _MAX_MESSAGE_BYTES:
+                        parts.append(self._chunks.popleft())
+                        size += len(parts[-1])
+                    self._size -= size
+                    self._condition.notify_all()
+                    return b"".join(parts), self._ended and not self._chunks
+                if self._ended:
+                    return b"", True
+                self._ready.clear()
+            await self._ready.wait()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
 class _Job:
-    def __init__(self, message: dict):
-        self.id = message["job_id"]
-        self.message = message
+    def __init__(self, delivery: Delivery, loop: asyncio.AbstractEventLoop):
+        self.delivery = delivery
+        self.message = delivery.job
+        self.id = self.message["job_id"]
         self.cancelled = threading.Event()
-        self.consumed = 0  # audio chunks the web side has written to its client
+        self.consumed = 0  # audio messages the web side has written to its client
         self.credit = asyncio.Event()  # set when credit or a cancel arrives
         self.waiting_for_client = False
+        self.acked = False
+        self.buffer = _AudioBuffer(loop)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.credit.set()
+        self.buffer.wake()
 
 
 class ModelWorker:
@@ -77,10 +153,10 @@ class ModelWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engines: dict[str, LoadedEngine] = {}
         self.jobs: dict[str, _Job] = {}
-        self.layer = get_channel_layer()
-        self.channel = ""
+        self.queue = None  # the event loop's job queue, taken in load()
+        self.jobs_started = 0  # engine runs begun, re-deliveries included
         self._slots = asyncio.Semaphore(capacity)
-        self._threads = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="tts-engine")
+        self._threads = ThreadPoolExecutor(max_workers=capacity + 1, thread_name_prefix="tts-engine")
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # engines loaded and announced
         self._job_tasks: set[asyncio.Task] = set()
@@ -95,33 +171,36 @@ class ModelWorker:
                 logger.info("worker %s: engine %s loaded", self.worker_id, name)
             else:
                 logger.warning("worker %s: engine %s unavailable: %s", self.worker_id, name, loaded.reason)
-        # channels_redis serves all process-specific channels of a layer from one inbox, which only works
-        # when they share the default prefix.
-        self.channel = await self.layer.new_channel()
+        self.queue = job_queue()
+        await self.queue.open_inbox(worker_inbox(self.worker_id), self._on_control)
 
     async def run(self) -> None:
-        if not self.channel:
+        if self.queue is None:
             await self.load()
-        tasks = [asyncio.create_task(coro) for coro in (self._heartbeat_loop(), self._control_loop())]
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
         try:
             await self._job_loop()
             # Graceful stop: no new jobs were taken; let the ones in flight finish.
             await asyncio.gather(*self._job_tasks, return_exceptions=True)
+            await self.queue.leave(self.worker_id)
         finally:
-            for task in tasks:
-                task.cancel()
+            heartbeat.cancel()
             await asyncio.to_thread(workers.worker_gone, worker_id=self.worker_id)
 
     def stop(self) -> None:
         self._stopping.set()
 
     def describe(self) -> dict:
+        parked = sum(job.waiting_for_client for job in self.jobs.values())
         return {
             "engines": {name: loaded.status() for name, loaded in self.engines.items()},
             "capacity": self.capacity,
             "load": len(self.jobs),
-            "waiting_for_client": sum(job.waiting_for_client for job in self.jobs.values()),
-            "channel": self.channel,
+            "waiting_for_client": parked,
+            "engines_paused": sum(job.buffer.engine_waiting for job in self.jobs.values()),
+            # Taking jobs: a free slot and not stopping. Parked streams keep their slots.
+            "accepting": len(self.jobs) < self.capacity and not self._stopping.is_set(),
+            "jobs_started": self.jobs_started,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
@@ -138,32 +217,45 @@ class ModelWorker:
             await asyncio.sleep(settings.TTS_WORKER_HEARTBEAT_SECONDS)
 
     async def _job_loop(self) -> None:
+        """Take a job only while a slot is free; between reads, claim the jobs of workers that died."""
+        loop = asyncio.get_running_loop()
+        next_claim = 0.0
         while not self._stopping.is_set():
-            await self._slots.acquire()  # take a job only while there is room for it
-            receive = asyncio.create_task(self.layer.receive(settings.TTS_JOB_CHANNEL))
-            stop = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if receive not in done:
-                receive.cancel()
+            await self._slots.acquire()
+            deliveries = []
+            try:
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + settings.TTS_WORKER_HEARTBEAT_SECONDS
+                    deliveries = await self.queue.claim_orphans(self.worker_id, self._alive, limit=1)
+                if not deliveries and not self._stopping.is_set():
+                    # A bounded wait, never cancelled (a cancelled read could lose a job Redis handed out).
+                    taken = await self.queue.take(self.worker_id, settings.TTS_WORKER_HEARTBEAT_SECONDS)
+                    deliveries = [taken] if taken else []
+            except Exception:
+                logger.exception("worker %s: reading the job queue failed", self.worker_id)
+                await asyncio.sleep(0.5)
+            if not deliveries:
                 self._slots.release()
-                break
-            stop.cancel()
-            job = _Job(receive.result())
+                continue
+            delivery = deliveries[0]
+            job = _Job(delivery, loop)
             self.jobs[job.id] = job
             task = asyncio.create_task(self._serve_and_release(job))
             self._job_tasks.add(task)
             task.add_done_callback(self._job_tasks.discard)
 
-    async def _control_loop(self) -> None:
-        while True:
-            message = await self.layer.receive(self.channel)
-            job = self.jobs.get(message.get("job_id"))
-            if job is None:
-                continue
-            if message.get("type") == "tts.cancel":
-                job.cancelled.set()
-            elif message.get("type") == "tts.credit":
-                job.consumed = max(job.consumed, message["consumed"])
+    @staticmethod
+    async def _alive(worker_ids: list[str]) -> dict[str, bool]:
+        return await asyncio.to_thread(workers.workers_alive, worker_ids)
+
+    def _on_control(self, message: dict) -> None:
+        job = self.jobs.get(message.get("job_id"))
+        if job is None:
+            return
+        if message.get("type") == "tts.cancel":
+            job.cancel()
+        elif message.get("type") == "tts.credit" and isinstance(message.get("consumed"), int):
+            job.consumed = max(job.consumed, message["consumed"])
             job.credit.set()
 
     # --- one job ------------------------------------------------------------------------------------------
@@ -171,41 +263,45 @@ class ModelWorker:
         try:
             await self._serve(job)
         except _ClientGone:
-            logger.info("worker %s: job %s dropped, its client stopped reading", self.worker_id, job.id)
+            logger.info("worker %s: job %s dropped, its client is gone", self.worker_id, job.id)
+        except asyncio.CancelledError:
+            raise  # the event loop is ending: unacknowledged, the job goes to another worker
         except Exception:
             logger.exception("worker %s: job %s failed", self.worker_id, job.id)
             try:
                 await self._reply(job, "tts.error", code="worker_failed", message="The model worker failed on this job.")
-            except ChannelFull:
+            except Exception:
                 pass
         finally:
             self.jobs.pop(job.id, None)
             self._slots.release()
+        if not job.acked:
+            try:
+                await self.queue.ack(job.delivery)
+            except Exception:
+                logger.warning("worker %s: could not acknowledge job %s", self.worker_id, job.id, exc_info=True)
 
     async def _reply(self, job: _Job, kind: str, **fields) -> None:
-        """Send to the job's reply channel; while it is full (slow client) wait, up to TTS_CHUNK_TIMEOUT."""
-        message = {"type": kind, "job_id": job.id, **fields}
-        give_up = time.monotonic() + settings.TTS_CHUNK_TIMEOUT
-        while True:
-            try:
-                return await self.layer.send(job.message["reply_channel"], message)
-            except ChannelFull:
-                if job.cancelled.is_set() or time.monotonic() > give_up:
-                    job.cancelled.set()
-                    raise _ClientGone() from None
-                await asyncio.sleep(_FULL_RETRY_SECONDS)
+        """Send to the job's web process; any answer but the acceptance also acknowledges the job."""
+        ack = job.delivery if kind != "tts.accepted" and not job.acked else None
+        message = {"type": kind, "job_id": job.id, "worker_id": self.worker_id, **fields}
+        delivered = await self.queue.send(job.message["reply_to"], message, ack=ack)
+        job.acked = job.acked or ack is not None
+        if not delivered:
+            job.cancel()
+            raise _ClientGone()
 
     async def _wait_for_credit(self, job: _Job, seq: int) -> bool:
-        """Hold chunk `seq` until the client has caught up to within TTS_STREAM_WINDOW chunks; False when the
-        job was cancelled meanwhile. The web side drops a stalled client after TTS_CLIENT_STALL_TIMEOUT; the
-        worker gives up a little later, in case the web process itself is gone."""
+        """Hold message `seq` until the client has caught up to within TTS_STREAM_WINDOW messages; False when
+        the job was cancelled meanwhile. The web side drops a stalled client after TTS_CLIENT_STALL_TIMEOUT;
+        the worker gives up a little later, in case the web process itself is gone."""
         give_up = time.monotonic() + settings.TTS_CLIENT_STALL_TIMEOUT + 5
         while seq - job.consumed >= settings.TTS_STREAM_WINDOW and not job.cancelled.is_set():
             job.credit.clear()
             left = give_up - time.monotonic()
             if left <= 0:
                 logger.info("worker %s: job %s dropped, its client stopped reading", self.worker_id, job.id)
-                job.cancelled.set()
+                job.cancel()
                 break
             job.waiting_for_client = True
             try:
@@ -218,53 +314,49 @@ class ModelWorker:
 
     async def _serve(self, job: _Job) -> None:
         message = job.message
-        if time.time() > message.get("accept_by", float("inf")):
+        first_delivery = job.delivery.deliveries == 1
+        if first_delivery and time.time() > message.get("accept_by", float("inf")):
             return  # the client was already told no worker was available
+        if job.delivery.deliveries > MAX_DELIVERIES:
+            await self._reply(job, "tts.error", code="worker_failed",
+                              message=f"The job was given to {MAX_DELIVERIES} model workers that all stopped.")
+            return
         loaded = self.engines.get(message["engine"])
-        await self._reply(
-            job,
-            "tts.accepted",
-            worker_id=self.worker_id,
-            worker_channel=self.channel,
-            sample_rate=loaded.info.sample_rate if loaded and loaded.available else 0,
-        )
+        await self._reply(job, "tts.accepted", sample_rate=loaded.info.sample_rate if loaded and loaded.available else 0)
         if loaded is None or not loaded.available:
             reason = loaded.reason if loaded else f"this worker does not run the {message['engine']!r} engine"
             await self._reply(job, "tts.error", code="engine_unavailable", message=reason)
             return
+        self.jobs_started += 1
+        logger.info("worker %s: job %s started (%s, delivery %d)", self.worker_id, job.id, message["type"],
+                    job.delivery.deliveries)
         if message["type"] == "tts.clone":
             await self._clone(job, loaded)
             return
         loop = asyncio.get_running_loop()
-        pending: asyncio.Queue = asyncio.Queue(maxsize=_PENDING_CHUNKS)
-        render = loop.run_in_executor(self._threads, self._render, job, loaded, pending, loop)
+        render = loop.run_in_executor(self._threads, self._render, job, loaded)
         # Whether its client gave up before any worker took it (a cache round trip): asked while the engine
         # makes the first chunk, so that it adds nothing to the time to first audio.
         abandoned = asyncio.ensure_future(asyncio.to_thread(workers.job_abandoned, job.id))
         seq = samples = 0
         ended = False
         try:
-            while not ended and (chunk := await pending.get()) is not _END:
+            while not ended:
                 if seq == 0 and await abandoned:
-                    job.cancelled.set()
-                if job.cancelled.is_set():
-                    continue  # drain so the engine thread is never stuck on a full queue
+                    job.cancel()
                 if not await self._wait_for_credit(job, seq):
-                    continue  # cancelled or stalled meanwhile: drain as above
-                chunk, ended = _with_waiting_chunks(chunk, pending)
-                await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
-                seq += 1
-                samples += len(chunk) // 2
-            ended = True
+                    break
+                chunk, ended = await job.buffer.take()
+                if chunk:
+                    await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
+                    seq += 1
+                    samples += len(chunk) // 2
         finally:
-            if not ended:  # leaving early: stop the engine, and drain until its thread has returned
-                job.cancelled.set()
-                while not render.done():
-                    while not pending.empty():
-                        pending.get_nowait()  # a thread blocked on a full queue goes on, sees the cancel
-                    await asyncio.wait([render], timeout=_FULL_RETRY_SECONDS)
+            if not ended:  # leaving early (cancelled, client gone, a failure): stop the engine
+                job.cancel()
+            await asyncio.wait([render])  # its thread returns promptly: emit refuses, waits end on cancel
         try:
-            await render
+            render.result()
         except EngineError as exc:
             await self._reply(job, "tts.error", code=exc.code, message=exc.message)
             return
@@ -284,50 +376,41 @@ class ModelWorker:
             return
         await self._reply(job, "tts.cloned", latents=name)
 
-    def _render(self, job: _Job, loaded: LoadedEngine, pending: asyncio.Queue, loop) -> None:
-        """Runs in an engine thread: renders each segment, handing chunks to the event loop as they come."""
+    def _render(self, job: _Job, loaded: LoadedEngine) -> None:
+        """Runs in an engine thread: renders the job a sentence at a time into its buffer, waiting (holding
+        no lock) while the buffer is full."""
 
         def emit(chunk: bytes) -> bool:
             if job.cancelled.is_set():
                 return False
-            asyncio.run_coroutine_threadsafe(pending.put(chunk), loop).result()
-            return not job.cancelled.is_set()
+            job.buffer.put(chunk)
+            return True
 
         message = job.message
+        rate = loaded.info.sample_rate
         try:
             for segment in message["segments"]:
+                job.buffer.wait_for_room(job.cancelled)
                 if job.cancelled.is_set():
-                    break
+                    return
                 if "pause_ms" in segment:
-                    gap = silence(milliseconds=segment["pause_ms"], sample_rate=loaded.info.sample_rate)
-                    step = len(silence(milliseconds=_SILENCE_CHUNK_MS, sample_rate=loaded.info.sample_rate))
+                    gap = silence(milliseconds=segment["pause_ms"], sample_rate=rate)
+                    step = len(silence(milliseconds=_SILENCE_CHUNK_MS, sample_rate=rate))
                     for start in range(0, len(gap), step):
-                        if not emit(gap[start : start + step]):
-                            break
+                        emit(gap[start : start + step])
                     continue
-                loaded.engine.synthesize(
-                    text=segment["text"],
-                    language=message["language"],
-                    voice_settings=message["voice_settings"],
-                    prosody=Prosody(rate=segment["rate"], pitch=segment["pitch"], volume=segment["volume"]),
-                    emit=emit,
-                )
+                prosody = Prosody(rate=segment["rate"], pitch=segment["pitch"], volume=segment["volume"])
+                for index, piece in enumerate(split_sentences(segment["text"], _PIECE_CHARS)):
+                    if index:
+                        job.buffer.wait_for_room(job.cancelled)
+                    if job.cancelled.is_set():
+                        return
+                    loaded.engine.synthesize(
+                        text=piece, language=message["language"], voice_settings=message["voice_settings"],
+                        prosody=prosody, emit=emit,
+                    )
         finally:
-            asyncio.run_coroutine_threadsafe(pending.put(_END), loop).result()
-
-
-def _with_waiting_chunks(chunk: bytes, pending: asyncio.Queue) -> tuple[bytes, bool]:
-    """`chunk` joined with the chunks the engine made while the previous one was on its way (up to
-    _MAX_MESSAGE_BYTES), and whether the end of the clip was among them. When the engine runs ahead of the
-    channel layer this sends fewer, larger messages; when it does not, nothing waits and nothing is delayed."""
-    parts, size = [chunk], len(chunk)
-    while size < _MAX_MESSAGE_BYTES and not pending.empty():
-        following = pending.get_nowait()
-        if following is _END:
-            return b"".join(parts), True
-        parts.append(following)
-        size += len(following)
-    return b"".join(parts), False
+            job.buffer.end()
 
 
 def _compute_latents(loaded: LoadedEngine, message: dict) -> str:
@@ -350,11 +433,6 @@ def ensure_embedded_worker() -> ModelWorker | None:
     task = _embedded["task"]
     if _embedded["loop"] is loop and task is not None and not task.done():
         return _embedded["worker"]
-    if _embedded["loop"] is not None and _embedded["loop"] is not loop:
-        # A new event loop (each test drives its own): the in-memory layer's queues belong to the old one.
-        from channels.layers import channel_layers
-
-        channel_layers.backends.pop("default", None)
     worker = ModelWorker(engine_names=settings.TTS_ENGINES, capacity=settings.TTS_WORKER_CAPACITY)
     _embedded.update(loop=loop, worker=worker, task=loop.create_task(worker.run()))
     return worker

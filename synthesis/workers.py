@@ -36,6 +36,13 @@ def worker_alive(worker_id: str) -> bool:
     return info is not None and time.time() - info["heartbeat_at"] <= _ttl()
 
 
+def workers_alive(worker_ids: list[str]) -> dict[str, bool]:
+    found = cache.get_many([_worker_key(worker_id) for worker_id in worker_ids])
+    now = time.time()
+    beats = {info["worker_id"]: info["heartbeat_at"] for info in found.values()}
+    return {worker_id: now - beats.get(worker_id, 0) <= _ttl() for worker_id in worker_ids}
+
+
 def live_workers() -> list[dict]:
     index = list(cache.get(_INDEX_KEY) or ())
     if not index:

@@ -16,8 +16,6 @@ Three things differ from calling `Xtts.inference_stream` directly:
 import io
 import logging
 import os
-import re
-import textwrap
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,25 +23,16 @@ from pathlib import Path
 from synthesis.engines.base import (
     EmitPcm, Engine, EngineError, EngineInfo, EngineUnavailable, Prosody, primary_language,
 )
+from synthesis.frontend import split_sentences
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tts_models/multilingual/multi-dataset/xtts_v2"
 REQUIRED_FILES = ("model.pth", "config.json", "vocab.json")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？;:])\s+")
 
 
 def license_accepted() -> bool:
     return os.environ.get("TTS_AGREE_TO_CPML") == "1" or os.environ.get("COQUI_TOS_AGREED") == "1"
-
-
-def split_sentences(text: str, char_limit: int) -> list[str]:
-    """One piece per sentence, an over-long sentence wrapped at spaces within `char_limit` characters.
-    Nothing is dropped or repeated: joining the pieces with spaces gives the text back."""
-    pieces: list[str] = []
-    for sentence in _SENTENCE_END.split(text.strip()):
-        pieces.extend(textwrap.wrap(sentence, width=char_limit, break_long_words=True, break_on_hyphens=False))
-    return pieces
 
 
 class _LatentWindowDecoder:
@@ -113,8 +102,8 @@ class XttsEngine(Engine):
         self.languages: tuple[str, ...] = ()
         self._conditioning: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
-        # One GPU stream at a time per worker process keeps memory predictable; more streams per GPU is the
-        # job of batching in the worker (issue on production topology).
+        # One sentence at a time on the model. `emit` never blocks (the worker buffers per job), so the lock
+        # is never held while waiting for a client; serving many streams at once is the job of batching.
         self._model_lock = threading.Lock()
         self.conditioning_computations = 0
         self.generation_options: dict = {}  # extra Hugging Face generate() options (benchmarks force lengths)

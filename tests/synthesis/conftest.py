@@ -10,6 +10,7 @@ class EngineTap:
 
     def __init__(self):
         self.chunks: list[bytes] = []
+        self.sentence_bytes: list[int] = []  # audio of each synthesize call (the worker calls it per sentence)
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()
@@ -43,9 +44,11 @@ def engine_tap(monkeypatch):
             tap.stopped_early = tap.stopped_early or not keep_going
             return keep_going
 
+        before = len(tap.pcm)
         try:
             return original(self, emit=tapped, **kwargs)
         finally:
+            tap.sentence_bytes.append(len(tap.pcm) - before)
             tap.finished.set()
 
     monkeypatch.setattr(EspeakEngine, "synthesize", synthesize)

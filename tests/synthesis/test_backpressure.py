@@ -1,5 +1,6 @@
-"""Backpressure between a stream's reader and its model worker: a reader that stalls holds its job on the
-worker (the engine stops) instead of the worker racing ahead and the audio piling up in between."""
+"""Backpressure between a stream's reader and its model worker: a reader that stalls parks its own job on the
+worker (its engine pauses between sentences, holding no lock) instead of the worker racing ahead and the audio
+piling up in between; other streams on the same worker go on."""
 import asyncio
 
 from asgiref.sync import async_to_sync
@@ -10,14 +11,14 @@ from synthesis.worker import ensure_embedded_worker
 
 # Well over a minute of speech: hundreds of 100 ms chunks if nothing held the engine back.
 LONG_TEXT = " ".join(f"This is sentence number {n} of a long answer that nobody is listening to." for n in range(60))
-PENDING_CHUNKS = 8  # synthesis.worker._PENDING_CHUNKS: between the engine thread and the event loop
+BUFFER_HIGH_WATER = 64 * 1024  # synthesis.worker._BUFFER_HIGH_WATER: the engine pauses above it
 MAX_MESSAGE_BYTES = 32 * 1024  # synthesis.worker._MAX_MESSAGE_BYTES: chunks waiting are sent as one message
 
 
-def _stream() -> WorkerStream:
+def _stream(text: str = LONG_TEXT) -> WorkerStream:
     spec = JobSpec(
         engine="espeak", language="en-US", voice_settings={"espeak_voice": "en-us"},
-        segments=plain_text_segments(LONG_TEXT, speed=1.0),
+        segments=plain_text_segments(text, speed=1.0),
     )
     return WorkerStream(spec)
 
@@ -37,19 +38,45 @@ def test_a_stalled_reader_stops_the_engine_and_loses_nothing(live_voices, engine
         first = await stream.start()
         worker = ensure_embedded_worker()
         await _until(lambda: worker.describe()["waiting_for_client"] == 1)
+        await _until(lambda: worker.describe()["engines_paused"] == 1)  # paused between sentences, no lock held
         emitted_while_stalled = len(engine_tap.pcm)
-        await asyncio.sleep(0.3)  # the engine would emit dozens of chunks in this time if nothing held it
+        await asyncio.sleep(0.3)  # the engine would render several sentences in this time if nothing held it
         assert len(engine_tap.pcm) == emitted_while_stalled
-        assert not engine_tap.finished.is_set()
         rest = [chunk async for chunk in stream.chunks()]
         return first + b"".join(rest), emitted_while_stalled
 
     pcm, emitted_while_stalled = async_to_sync(scenario)()
-    # At most: the window of messages (plus the one held back), the pending queue, the chunk in the engine's hand.
-    largest_chunk = max(len(chunk) for chunk in engine_tap.chunks)
-    assert emitted_while_stalled <= (1 + 4) * MAX_MESSAGE_BYTES + (PENDING_CHUNKS + 1) * largest_chunk
+    # At most: the window of messages (plus the one held back), the buffer up to its high-water mark, and the
+    # sentence that crossed it.
+    longest_sentence = max(engine_tap.sentence_bytes)
+    assert emitted_while_stalled <= (1 + 4) * MAX_MESSAGE_BYTES + BUFFER_HIGH_WATER + longest_sentence
     assert len(engine_tap.pcm) > 10 * emitted_while_stalled  # the clip really was much longer
     assert pcm == engine_tap.pcm  # resuming delivers every sample, in order
+
+
+def test_a_stalled_reader_parks_only_its_own_stream(live_voices, engine_tap, settings):
+    """One listener stops reading a long clip; other requests on the same worker are served in full meanwhile."""
+    settings.TTS_STREAM_WINDOW = 2
+    settings.TTS_WORKER_CAPACITY = 3
+
+    async def whole(stream: WorkerStream) -> bytes:
+        first = await stream.start()
+        return first + b"".join([chunk async for chunk in stream.chunks()])
+
+    async def scenario():
+        stalled = _stream()
+        await stalled.start()
+        worker = ensure_embedded_worker()
+        await _until(lambda: worker.describe()["engines_paused"] == 1)
+        others = [await whole(_stream(f"Caller number {n} is served while another listener stalls.")) for n in range(4)]
+        still_parked = worker.describe()
+        await stalled.cancel()
+        await _until(lambda: worker.describe()["load"] == 0)
+        return others, still_parked
+
+    others, still_parked = async_to_sync(scenario)()
+    assert all(len(pcm) > 22050 for pcm in others)  # each a whole second or more of speech
+    assert still_parked["waiting_for_client"] == 1 and still_parked["load"] == 1
 
 
 def test_a_reader_that_keeps_up_is_never_held(live_voices, engine_tap, settings):
@@ -73,12 +100,13 @@ def test_cancelling_a_held_stream_frees_the_worker(live_voices, engine_tap, sett
         await _until(lambda: worker.describe()["waiting_for_client"] == 1)
         await stream.cancel()
         await _until(lambda: worker.describe()["load"] == 0)
+        return len(engine_tap.pcm)
 
-    async_to_sync(scenario)()
-    assert engine_tap.finished.wait(5) and engine_tap.stopped_early
+    rendered = async_to_sync(scenario)()
+    assert len(engine_tap.pcm) == rendered  # the engine rendered nothing more after the cancel
 
 
-def test_a_job_given_up_before_any_worker_took_it_is_dropped_by_the_worker(live_voices, engine_tap, settings):
+def test_a_job_given_up_before_any_worker_took_it_is_never_started(live_voices, engine_tap, settings):
     settings.TTS_WORKER_CAPACITY = 1
     settings.TTS_JOB_ACCEPT_TIMEOUT = 5
     engine_tap.hold_after_first_chunk()
@@ -90,18 +118,20 @@ def test_a_job_given_up_before_any_worker_took_it_is_dropped_by_the_worker(live_
     async def scenario():
         busy = _stream()
         first = await busy.start()  # takes the worker's only slot; its engine is held
+        worker = ensure_embedded_worker()
         given_up = _stream()
         starting = asyncio.ensure_future(given_up.start())
-        await asyncio.sleep(0.2)  # sent, and queued: no worker has room to accept it
-        assert not starting.done() and not given_up.worker_channel
+        await _until(lambda: given_up.entry)  # queued: no worker has room to take it
+        assert not starting.done() and not given_up.worker_id
         starting.cancel()  # its client went away
         await given_up.cancel()
         engine_tap.release()
         spoken = first + b"".join([chunk async for chunk in busy.chunks()])
-        # The worker takes jobs in order: had it served the abandoned one for nobody, that job would hold its
-        # only slot (waiting for credit that never comes) and this one would get no worker in time.
-        return spoken, await whole(_stream())
+        # Had the worker served the abandoned job for nobody, it would hold the only slot (waiting for credit
+        # that never comes) and this one would get no worker in time.
+        after = await whole(_stream())
+        return spoken, after, worker.describe()["jobs_started"]
 
-    spoken, after = async_to_sync(scenario)()
+    spoken, after, started = async_to_sync(scenario)()
     assert spoken and after
-    assert engine_tap.stopped_early  # the abandoned job's engine was stopped at its first chunk
+    assert started == 2  # the busy job and the last one: the abandoned job never reached an engine

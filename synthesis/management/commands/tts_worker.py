@@ -8,7 +8,7 @@ from synthesis.worker import ModelWorker
 
 
 class Command(BaseCommand):
-    help = "Run a model worker: load engines once and serve synthesis jobs from the channel layer."
+    help = "Run a model worker: load engines once and serve synthesis jobs from the job queue (Redis Streams)."
 
     def add_arguments(self, parser):
         parser.add_argument("--engines", default=",".join(settings.TTS_ENGINES))
