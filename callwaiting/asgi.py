@@ -87,7 +87,8 @@ class RequestCleanupMiddleware:
 
 
 class _ClientStalled(Exception):
-    """Raised out of `send` to stop an app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT."""
+    """Raised out of `send` to stop an app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT, or whose
+    HTTP client has gone away."""
 
 
 @implementer(IPushProducer)
@@ -165,6 +166,10 @@ class DaphneStreamingMiddleware:
             if message["type"] == self._END[kind] and not more:
                 unregister()  # before the exchange ends, so a pipelined next request may register its own
             await send(message)
+            if more and kind == "http" and registered and channel() is None:
+                # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
+                # credit flowing, the whole clip) before Django delivers the disconnect to it.
+                raise _ClientStalled()
             if more and not writable.event.is_set():
                 try:
                     await asyncio.wait_for(writable.event.wait(), settings.TTS_CLIENT_STALL_TIMEOUT)
@@ -175,6 +180,8 @@ class DaphneStreamingMiddleware:
                         up.transport.abortConnection()
                     # Stop the app now: it would otherwise run on into a dead connection before it hears of it.
                     raise _ClientStalled() from None
+                if kind == "http" and channel() is None:
+                    raise _ClientStalled()  # woken because the connection is gone
 
         try:
             await self.app(scope, receive, paced_send)

@@ -4,6 +4,7 @@ Everything comes from the environment with embedded defaults, so `make run` work
 services (SQLite, local-memory cache, in-memory channel layer, model worker inside the web process) and the
 same code runs in production with DATABASE_URL / REDIS_URL pointing at PostgreSQL and Redis.
 """
+import json
 import os
 from pathlib import Path
 
@@ -199,6 +200,8 @@ REST_FRAMEWORK = {
 
 # --- synthesis --------------------------------------------------------------------------------------------
 TTS_ENGINES = env_list("TTS_ENGINES", "espeak,xtts")
+# Engines are pluggable: {"name": "dotted.path.EngineClass"} adds engines or replaces built-in ones.
+TTS_ENGINE_CLASSES = json.loads(os.environ.get("TTS_ENGINE_CLASSES") or "{}")
 TTS_MAX_TEXT_CHARS = env_int("TTS_MAX_TEXT_CHARS", 5000)
 # The model worker runs inside the web process unless dedicated `manage.py tts_worker` processes serve jobs.
 TTS_EMBEDDED_WORKER = env_bool("TTS_EMBEDDED_WORKER", True)

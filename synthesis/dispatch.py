@@ -164,7 +164,9 @@ class WorkerJob:
                 message = None
             if message is not None:
                 sender = message["worker_id"]
-                if message["type"] == "tts.accepted" and not self.worker_id:
+                if message["type"] == "tts.accepted" and not self.answered and sender != self.worker_id:
+                    if self.worker_id:  # claimed from a worker found dead before this process noticed
+                        await self._disown(self.worker_id)
                     self.worker_id, self.sample_rate = sender, message.get("sample_rate", 0)
                     return message
                 if sender != self.worker_id:
@@ -197,10 +199,10 @@ class WorkerJob:
         raise DispatchError(code, message)
 
     async def _disown(self, worker_id: str) -> None:
+        """Cancel the job on a worker that is not (or no longer) the one running it."""
         if worker_id not in self._disowned:
             self._disowned.add(worker_id)
-            logger.warning("job %s: worker %s answered, but %s runs it; cancelling there", self.job_id,
-                           worker_id, self.worker_id)
+            logger.info("job %s: cancelled on worker %s", self.job_id, worker_id)
             await self._control(worker_id, {"type": "tts.cancel"})
 
     async def _control(self, worker_id: str, message: dict) -> None:

@@ -1,7 +1,10 @@
 """The production topology with real processes: daphne (no model inside) and dedicated `tts_worker`
 processes, over Redis, on PostgreSQL when the suite runs on it. Needs REDIS_URL (`.ci/run`'s second pass)."""
+import collections
+import concurrent.futures
 import http.client
 import json
+import re
 import os
 import signal
 import subprocess
@@ -75,11 +78,18 @@ class Topology:
                               capture_output=True, text=True)
         return done.stdout
 
-    def start_worker(self, name: str, *args) -> None:
+    def start_worker(self, name: str, *args, **extra_env: str) -> None:
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "manage.py", "tts_worker", *args], env=self.env, cwd=ROOT,
+            [sys.executable, "manage.py", "tts_worker", *args], env={**self.env, **extra_env}, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"),
         )
+
+    def engine_starts(self) -> dict[str, collections.Counter]:
+        """Per worker: how many times each job id reached its engine (the worker logs every start)."""
+        return {
+            name: collections.Counter(re.findall(r"job (\w+) started", (self.tmp / f"{name}.log").read_text()))
+            for name in self.workers if (self.tmp / f"{name}.log").exists()
+        }
 
     def start_celery(self, name: str = "celery") -> None:
         # The solo pool keeps the task in the process that the test kills; production uses the default pool.
@@ -154,8 +164,6 @@ def test_no_worker_gives_503_in_bounded_time(topology):
 
 
 def test_concurrent_requests_are_spread_over_the_workers(topology):
-    import concurrent.futures
-
     topology.start_worker("a", "--engines", "espeak", "--capacity", "1")
     topology.start_worker("b", "--engines", "espeak", "--capacity", "1")
     topology.wait_for_workers(2)
@@ -295,3 +303,102 @@ def test_celery_processes_an_upload_and_a_task_survives_its_worker_being_killed(
     assert voice["status"] == "ready", voice
     speech = topology.synthesize(text="Hello in my own voice.", voice_id="cloned")
     assert speech.status == 200 and len(speech.read()) > 44
+
+
+def _speak(topology, text: str, **fields) -> tuple[int, bytes, str]:
+    response = topology.synthesize(text=text, **fields)
+    return response.status, response.read(), response.getheader("X-Worker-Id") or ""
+
+
+def test_bursts_against_two_workers_run_every_job_once_and_every_answer_is_one_render(topology):
+    topology.start_worker("a", "--engines", "espeak", "--capacity", "8")
+    topology.start_worker("b", "--engines", "espeak", "--capacity", "8")
+    topology.wait_for_workers(2)
+    texts = [f"Caller {n}, your table for {n + 2} is ready. Please come to the front desk." for n in range(8)]
+    renders = {text: _speak(topology, text)[1] for text in texts}  # one render each, one at a time
+
+    answers = []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _burst in range(6):  # 16 requests at once from 8 threads, each text twice
+            answers += list(pool.map(lambda text: (text, *_speak(topology, text)), texts * 2))
+    statuses = collections.Counter(status for _, status, _, _ in answers)
+    assert statuses == {200: len(answers)}, statuses  # no 503 while the workers had free slots
+    # Never two renders in one answer (that doubled its size). eSpeak's renders of one text vary by a few
+    # hundred samples from call to call, so the size is compared, not the bytes.
+    assert all(abs(len(body) - len(renders[text])) < 0.03 * len(renders[text]) for text, _, body, _ in answers)
+    assert {worker for *_, worker in answers} == {w["worker_id"] for w in topology.get("/v1/health")[1]["workers"]}
+
+    starts = topology.engine_starts()
+    total = sum(starts.values(), collections.Counter())
+    assert len(total) == len(texts) + len(answers)  # every job reached an engine...
+    assert set(total.values()) == {1}  # ...exactly once
+
+
+def test_a_slow_listener_parks_only_its_own_stream_on_the_worker(topology):
+    from tests.test_server import LONG_TEXT, _SmallBufferConnection
+
+    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "4")
+    topology.wait_for_engines("espeak")
+    stalled = _SmallBufferConnection("127.0.0.1", topology.port, timeout=30)
+    stalled.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT}), headers={
+        "Authorization": f"Bearer {topology.key}", "Content-Type": "application/json"})
+    stalled_response = stalled.getresponse()
+    assert stalled_response.read1(1024)[:4] == b"RIFF"
+    deadline = time.monotonic() + 15
+    while not topology.get("/v1/health")[1]["workers"][0]["engines_paused"]:
+        assert time.monotonic() < deadline, "the stalled stream never parked"
+        time.sleep(0.1)
+
+    # Other callers on the same worker get their whole answers while the stalled one stays parked.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: _speak(topology, f"Caller {n} does not wait for anyone."), range(4)))
+    worker = topology.get("/v1/health")[1]["workers"][0]
+    assert [status for status, _, _ in answers] == [200] * 4
+    assert all(len(body) > 44 + 22050 for _, body, _ in answers)  # a second of speech or more, complete
+    assert worker["waiting_for_client"] == 1 and worker["load"] == 1  # still parked: nobody waited for it
+    assert [row["status"] for row in topology.usage()] == ["success"] * 4
+
+    stalled.close()
+    stalled_response.close()
+    deadline = time.monotonic() + 10
+    while topology.get("/v1/health")[1]["workers"][0]["load"]:
+        assert time.monotonic() < deadline, "hanging up did not free the slot"
+        time.sleep(0.1)
+
+
+def test_a_worker_killed_before_its_first_audio_leaves_the_job_to_another(topology):
+    release = topology.tmp / "release-held-engine"  # never created: worker "held" takes the job and hangs
+    topology.start_worker("held", "--engines", "espeak", "--capacity", "1",
+                          TTS_ENGINE_CLASSES=json.dumps({"espeak": "tests.engines.HeldEspeak"}),
+                          HELD_ENGINE_RELEASE=str(release))
+    topology.wait_for_engines("espeak")
+    text = "Nobody should notice that my first worker died."
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(_speak, topology, text)
+        deadline = time.monotonic() + 15
+        while not topology.get("/v1/health")[1]["workers"][0]["load"]:
+            assert time.monotonic() < deadline, "the held worker never took the job"
+            time.sleep(0.05)
+        topology.workers["held"].send_signal(signal.SIGKILL)
+        topology.workers["held"].wait(10)
+        topology.start_worker("rescue", "--engines", "espeak", "--capacity", "1")
+        status, body, worker = answer.result(timeout=60)
+    assert status == 200
+    assert worker == topology.get("/v1/health")[1]["workers"][0]["worker_id"]
+    reference = _speak(topology, text)[1]
+    assert abs(len(body) - len(reference)) < 0.03 * len(reference)  # one whole render, from the rescuing worker
+    starts = topology.engine_starts()
+    assert sum(starts["held"].values()) == 1 and sum(starts["rescue"].values()) == 2
+    assert topology.usage()[0] == {"status": "success", "error_code": ""}
+
+
+def test_many_quiet_streams_on_one_web_process_lose_no_message(topology):
+    """Most of these wait, quiet, for a free slot on the one worker; none may turn into a 503 or a 500."""
+    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "2")
+    topology.wait_for_engines("espeak")
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(
+            lambda n: _speak(topology, f"Quiet caller {n} waits for a free slot and then hears this."), range(48)
+        ))
+    assert collections.Counter(status for status, _, _ in answers) == {200: 48}
+    assert all(len(body) > 44 + 22050 for _, body, _ in answers)

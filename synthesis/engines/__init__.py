@@ -51,15 +51,16 @@ _loaded_lock = threading.Lock()
 
 
 def load_engine(name: str) -> LoadedEngine:
-    if name not in ENGINE_CLASSES:
+    classes = {**ENGINE_CLASSES, **settings.TTS_ENGINE_CLASSES}
+    if name not in classes:
         return LoadedEngine(name=name, engine=None, info=None, reason=f"no engine named {name!r} is installed")
     options = _engine_options(name)
-    key = (name, tuple(sorted(options.items())))
+    key = (name, classes[name], tuple(sorted(options.items())))
     with _loaded_lock:
         if key in _loaded:
             return _loaded[key]
         try:
-            engine = import_string(ENGINE_CLASSES[name])(**options)
+            engine = import_string(classes[name])(**options)
             loaded = LoadedEngine(name=name, engine=engine, info=engine.load())
         except EngineUnavailable as exc:
             return LoadedEngine(name=name, engine=None, info=None, reason=str(exc))

@@ -1,0 +1,17 @@
+"""Engines for tests that run real worker processes (plugged in with TTS_ENGINE_CLASSES)."""
+import os
+import time
+from pathlib import Path
+
+from synthesis.engines.espeak import EspeakEngine
+
+
+class HeldEspeak(EspeakEngine):
+    """eSpeak that holds each job before its first audio until the file named by HELD_ENGINE_RELEASE exists:
+    how a test catches a worker between taking a job and answering it."""
+
+    def synthesize(self, **kwargs):
+        release = Path(os.environ["HELD_ENGINE_RELEASE"])
+        while not release.exists():
+            time.sleep(0.01)
+        return super().synthesize(**kwargs)
