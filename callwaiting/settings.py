@@ -236,6 +236,14 @@ XTTS_CHUNK_TOKENS = env_int("XTTS_CHUNK_TOKENS", 24)
 XTTS_CONTEXT_FRAMES = env_int("XTTS_CONTEXT_FRAMES", 16)
 XTTS_LOOKAHEAD_FRAMES = env_int("XTTS_LOOKAHEAD_FRAMES", 8)
 XTTS_CONDITIONING_CACHE = env_int("XTTS_CONDITIONING_CACHE", 64)
+# Streams one worker decodes together (its GPT batch slots; each holds a KV cache). 0: as many as half the
+# GPU's free memory holds, at most 256; 16 on CPU.
+XTTS_BATCH_SLOTS = env_int("XTTS_BATCH_SLOTS", 0)
+# The GPT's precision: float32, bfloat16 or float16 (GPU only). Empty: bfloat16 on CUDA, float32 on CPU.
+# LayerNorms, embeddings, the output head, logits and sampling stay float32.
+XTTS_DTYPE = os.environ.get("XTTS_DTYPE", "")
+# CUDA graphs for the decode step (one per batch-size bucket); off, or on CPU, the step runs eagerly.
+XTTS_CUDA_GRAPHS = env_bool("XTTS_CUDA_GRAPHS", True)
 
 # Voice cloning uploads.
 TTS_CLONING_ENGINE = os.environ.get("TTS_CLONING_ENGINE", "xtts")

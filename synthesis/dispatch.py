@@ -13,11 +13,12 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from synthesis import workers
 from synthesis.frontend import Pause, Segment
-from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name
+from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,23 @@ class ConditioningJob(WorkerJob):
             if message["type"] == "tts.cloned":
                 self._finish()
                 return message["latents"]
+
+
+def run_conditioning_job(*, engine: str, reference: str, latents: str) -> str:
+    """A ConditioningJob from synchronous code (the voice-processing task); returns the latents' storage name.
+
+    With Redis, the task gets an event loop of its own, and its inbox reader and connections are closed with
+    it. The embedded worker lives on the web process's loop, which async_to_sync reuses where there is one."""
+    if not uses_redis():
+        return async_to_sync(ConditioningJob().run)(engine=engine, reference=reference, latents=latents)
+
+    async def once() -> str:
+        try:
+            return await ConditioningJob().run(engine=engine, reference=reference, latents=latents)
+        finally:
+            await job_queue().close()
+
+    return asyncio.run(once())
 
 
 class WorkerStream(WorkerJob):

@@ -44,6 +44,18 @@ def tiny_xtts_dir(tmp_path_factory):
     return build_tiny_xtts(tmp_path_factory.mktemp("xtts-tiny"))
 
 
+@pytest.fixture(scope="session")
+def mid_xtts_dir(tmp_path_factory):
+    """A mid-size random XTTS (2 GPT layers of 128 channels, 4 heads, the real 8194 audio tokens): enough heads,
+    layers and vocabulary for batched decoding to be tested where the tiny one would hide mistakes."""
+    from tests.xtts_tiny import build_tiny_xtts
+
+    return build_tiny_xtts(
+        tmp_path_factory.mktemp("xtts-mid"), gpt_layers=2, gpt_n_model_channels=128, gpt_n_heads=4,
+        gpt_num_audio_tokens=8194, gpt_start_audio_token=8192, gpt_stop_audio_token=8193, decoder_input_dim=128,
+    )
+
+
 @pytest.fixture
 def xtts_enabled(settings, tiny_xtts_dir, tmp_path):
     """Workers load XTTS from the tiny checkpoint; media goes to a fresh folder; loading may take a while."""

@@ -138,9 +138,7 @@ def voice_process(*, voice_id: int) -> Voice | None:
     """Decode, check and store the reference clip, have a model worker compute its conditioning latents once,
     and mark the voice ready; on any failure the voice is `failed` with a reason and its files are removed.
     Idempotent: a voice that is no longer processing (or no longer exists) is left alone."""
-    from asgiref.sync import async_to_sync
-
-    from synthesis.dispatch import ConditioningJob, DispatchError
+    from synthesis.dispatch import DispatchError, run_conditioning_job
     from voices.audio import AudioError, ReferenceLimits, check_reference, decode_reference, encode_wav
 
     voice = Voice.objects.filter(pk=voice_id, status=Voice.Status.PROCESSING).first()
@@ -160,7 +158,7 @@ def voice_process(*, voice_id: int) -> Voice | None:
     voice.reference_audio = default_storage.save(f"{prefix}/reference.wav", ContentFile(encode_wav(samples, rate)))
     voice.save(update_fields=["reference_audio"])
     try:
-        latents = async_to_sync(ConditioningJob().run)(
+        latents = run_conditioning_job(
             engine=voice.engine, reference=voice.reference_audio, latents=f"{prefix}/latents.pt"
         )
     except DispatchError as exc:

@@ -41,6 +41,9 @@ def _engine_options(name: str) -> dict:
         "context_frames": settings.XTTS_CONTEXT_FRAMES,
         "lookahead_frames": settings.XTTS_LOOKAHEAD_FRAMES,
         "cache_size": settings.XTTS_CONDITIONING_CACHE,
+        "slots": settings.XTTS_BATCH_SLOTS,
+        "dtype": settings.XTTS_DTYPE,
+        "cuda_graphs": settings.XTTS_CUDA_GRAPHS,
     }
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from synthesis.engines.base import (
@@ -33,6 +34,20 @@ REQUIRED_FILES = ("model.pth", "config.json", "vocab.json")
 
 def license_accepted() -> bool:
     return os.environ.get("TTS_AGREE_TO_CPML") == "1" or os.environ.get("COQUI_TOS_AGREED") == "1"
+
+
+@dataclass
+class _Window:
+    """One HiFi-GAN window of a stream: decoder frames `z` [1, C, F], and which of its output samples are new."""
+
+    z: object
+    first: bool  # the stream's first window (decoded ahead of the others)
+    skip_frames: int  # left context: decoded for exactness at the edge, already emitted
+    new_frames: int
+
+    def cut(self, wav):
+        hop = wav.shape[-1] // self.z.shape[-1]
+        return wav[self.skip_frames * hop : (self.skip_frames + self.new_frames) * hop]
 
 
 class _LatentWindowDecoder:
@@ -59,19 +74,34 @@ class _LatentWindowDecoder:
             z = F.interpolate(z, scale_factor=[d.output_sample_rate / d.input_sample_rate], mode="linear")
         return z
 
-    def decode(self, latents, *, final: bool):
-        """Audio for the frames that became final since the last call ([samples] float tensor, maybe empty)."""
+    def window(self, latents, *, final: bool) -> _Window | None:
+        """The window that decodes the frames which became final since the last call (None: none did)."""
         z = self._frames(latents)
         total = z.shape[-1]
         ready = total if final else total - self.lookahead
         if ready <= self.emitted_frames:
             return None
         start = max(0, self.emitted_frames - self.context)
-        wav = self.decoder.waveform_decoder(z[:, :, start:total], g=self.g).reshape(-1)
-        hop = wav.shape[0] // (total - start)
-        audio = wav[(self.emitted_frames - start) * hop : (ready - start) * hop]
+        window = _Window(z=z[:, :, start:total], first=self.emitted_frames == 0,
+                         skip_frames=self.emitted_frames - start, new_frames=ready - self.emitted_frames)
         self.emitted_frames = ready
-        return audio
+        return window
+
+    def waveform(self, z, g):
+        """HiFi-GAN over windows of equal length, one per row of `z` [B, C, F] and `g` [B, C_g, 1]."""
+        return self.decoder.waveform_decoder(z, g=g)
+
+    def decode(self, latents, *, final: bool):
+        """Audio for the frames that became final since the last call ([samples] float tensor, or None)."""
+        window = self.window(latents, final=final)
+        if window is None:
+            return None
+        return window.cut(self.waveform(window.z, self.g).reshape(-1))
+
+
+# One real-time stream needs this many GPT tokens per second (1024-sample stride at 22.05 kHz).
+REALTIME_TOKENS_PER_SECOND = 21.5
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class XttsEngine(Engine):
@@ -88,6 +118,9 @@ class XttsEngine(Engine):
         lookahead_frames: int = 8,
         cache_size: int = 64,
         temperature: float = 0.75,
+        slots: int = 0,
+        dtype: str = "",
+        cuda_graphs: bool = True,
     ):
         self.model_dir = model_dir
         self.device_name = device
@@ -97,16 +130,20 @@ class XttsEngine(Engine):
         self.lookahead_frames = lookahead_frames
         self.cache_size = cache_size
         self.temperature = temperature
+        self.slots = slots  # streams decoded together; 0: sized from the device (see _slots)
+        self.dtype_name = dtype  # empty: bfloat16 on CUDA, float32 on CPU
+        self.cuda_graphs = cuda_graphs
         self.model = None
         self.device = None
+        self.loop = None  # the batch loop (synthesis.engines.xtts_batch), made by load()
         self.languages: tuple[str, ...] = ()
         self._conditioning: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
-        # One sentence at a time on the model. `emit` never blocks (the worker buffers per job), so the lock
-        # is never held while waiting for a client; serving many streams at once is the job of batching.
-        self._model_lock = threading.Lock()
+        self._conditioning_lock = threading.Lock()  # the conditioning encoders run one clip at a time
         self.conditioning_computations = 0
-        self.generation_options: dict = {}  # extra Hugging Face generate() options (benchmarks force lengths)
+        # Hugging Face generate()-style options: do_sample, temperature, top_k, top_p, repetition_penalty,
+        # min_new_tokens, max_new_tokens (benchmarks and tests force lengths, tests decode greedily).
+        self.generation_options: dict = {}
 
     # --- loading ------------------------------------------------------------------------------------------
     def _checkpoint_dir(self) -> Path:
@@ -139,6 +176,7 @@ class XttsEngine(Engine):
         except ImportError as exc:
             raise EngineUnavailable(f"coqui-tts is not installed: {exc}") from exc
         self.device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = self._dtype(torch)
         try:
             config = XttsConfig()
             config.load_json(str(directory / "config.json"))
@@ -147,8 +185,17 @@ class XttsEngine(Engine):
             model.to(self.device)
         except Exception as exc:
             raise EngineUnavailable(f"cannot load XTTS from {directory}: {exc}") from exc
+        from synthesis.engines.xtts_batch import BatchedGpt, BatchLoop
+
         self.model = model
         self.languages = tuple(config.languages)
+        for block in model.gpt.gpt.h:  # LayerNorms, embeddings and heads stay float32
+            block.attn.to(dtype)
+            block.mlp.to(dtype)
+        self.loop = BatchLoop(
+            model, slots=self._slots(torch, dtype), dtype=dtype, make_decoder=self._window_decoder,
+            first_chunk_tokens=self.first_chunk_tokens, chunk_tokens=self.chunk_tokens, cuda_graphs=self.cuda_graphs,
+        )
         speakers = sorted(model.speaker_manager.speakers) if model.speaker_manager else []
         return EngineInfo(
             name=self.name,
@@ -156,8 +203,48 @@ class XttsEngine(Engine):
             languages=self.languages,
             supports_cloning=True,
             supports_streaming=True,
-            details={"device": str(self.device), "model_dir": str(directory), "studio_speakers": len(speakers)},
+            details={
+                "device": str(self.device), "model_dir": str(directory), "studio_speakers": len(speakers),
+                "dtype": str(dtype).removeprefix("torch."), "slots": self.loop.slots,
+                "kv_cache_bytes_per_slot": BatchedGpt.bytes_per_slot(model.gpt, dtype),
+            },
         )
+
+    def _dtype(self, torch):
+        name = self.dtype_name or ("bfloat16" if self.device.type == "cuda" else "float32")
+        if name not in DTYPES:
+            raise EngineUnavailable(f"XTTS_DTYPE={name!r}: use one of {', '.join(DTYPES)}")
+        if self.device.type == "cpu" and name == "float16":
+            raise EngineUnavailable("XTTS_DTYPE=float16 needs a GPU; use bfloat16 or float32 on CPU")
+        return getattr(torch, name)
+
+    def _slots(self, torch, dtype) -> int:
+        """Batch slots: as configured, else what half the GPU's free memory holds (at most 256) or 16 on CPU."""
+        from synthesis.engines.xtts_batch import BatchedGpt
+
+        if self.slots:
+            return self.slots
+        if self.device.type != "cuda":
+            return 16
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(1, min(256, int(free * 0.5) // BatchedGpt.bytes_per_slot(self.model.gpt, dtype)))
+
+    def _window_decoder(self, speaker_embedding, speed: float):
+        return _LatentWindowDecoder(
+            self.model.hifigan_decoder, speaker_embedding, speed=speed,
+            context=self.context_frames, lookahead=self.lookahead_frames,
+        )
+
+    def stats(self) -> dict:
+        return self.loop.stats() if self.loop else {}
+
+    def saturated(self) -> bool:
+        """More would not be served in real time: sentences wait for a slot, or a step takes longer than a
+        real-time stream can wait for its next token."""
+        if self.loop is None:
+            return False
+        stats = self.loop.stats()
+        return stats["sentences_waiting"] > 0 or self.loop.step_seconds > 1 / REALTIME_TOKENS_PER_SECOND
 
     # --- conditioning -------------------------------------------------------------------------------------
     def compute_conditioning(self, samples, sample_rate: int) -> bytes:
@@ -165,7 +252,7 @@ class XttsEngine(Engine):
         import torch
 
         audio = torch.as_tensor(samples, dtype=torch.float32).reshape(1, -1).to(self.device)
-        with self._model_lock, torch.inference_mode():
+        with self._conditioning_lock, torch.inference_mode():
             gpt_cond_latent = self.model.get_gpt_cond_latents(audio, sample_rate)
             speaker_embedding = self.model.get_speaker_embedding(audio, sample_rate)
         self.conditioning_computations += 1
@@ -225,14 +312,26 @@ class XttsEngine(Engine):
         return code
 
     def synthesize(self, *, text: str, language: str, voice_settings: dict, prosody: Prosody, emit: EmitPcm) -> None:
+        """Called from many threads at once: each sentence joins the batch loop and its audio comes back here."""
         if self.model is None:
             raise EngineUnavailable("xtts engine used before load()")
         code = self._language(language)
         gpt_cond_latent, speaker_embedding = self.conditioning(voice_settings)
         limit = self.model.tokenizer.char_limits.get(primary_language(code), 250)
+        options = self._sampling_options()
         for sentence in split_sentences(text, limit):
-            if not self._stream_sentence(sentence, code, gpt_cond_latent, speaker_embedding, prosody, emit):
+            if not self._stream_sentence(sentence, code, gpt_cond_latent, speaker_embedding, prosody, options, emit):
                 return
+
+    def _sampling_options(self):
+        from synthesis.engines.xtts_batch import SamplingOptions
+
+        o = self.generation_options
+        return SamplingOptions(
+            temperature=o.get("temperature", self.temperature), top_k=o.get("top_k", 50), top_p=o.get("top_p", 0.85),
+            repetition_penalty=o.get("repetition_penalty", 10.0), greedy=not o.get("do_sample", True),
+            min_new_tokens=o.get("min_new_tokens", 0), max_new_tokens=o.get("max_new_tokens", 0),
+        )
 
     def _tokens(self, sentence: str, language: str):
         import torch
@@ -242,34 +341,21 @@ class XttsEngine(Engine):
             raise EngineError("text_too_long", f"a sentence of {len(tokens)} tokens exceeds XTTS's limit")
         return torch.IntTensor(tokens).unsqueeze(0).to(self.device)
 
-    def _stream_sentence(self, sentence, language, gpt_cond_latent, speaker_embedding, prosody, emit) -> bool:
+    def _stream_sentence(self, sentence, language, gpt_cond_latent, speaker_embedding, prosody, options, emit) -> bool:
         import torch
 
-        gpt = self.model.gpt
-        with self._model_lock, torch.inference_mode():
-            text_tokens = self._tokens(sentence, language)
-            generator = gpt.get_generator(
-                fake_inputs=gpt.compute_embeddings(gpt_cond_latent, text_tokens),
-                top_k=50, top_p=0.85, temperature=self.temperature, do_sample=True, num_beams=1,
-                num_return_sequences=1, length_penalty=1.0, repetition_penalty=10.0,
-                output_attentions=False, output_hidden_states=True, return_dict_in_generate=True,
-                **self.generation_options,
-            )
-            decoder = _LatentWindowDecoder(
-                self.model.hifigan_decoder, speaker_embedding, speed=prosody.rate,
-                context=self.context_frames, lookahead=self.lookahead_frames,
-            )
-            latents, next_decode = [], self.first_chunk_tokens
-            for _token, latent in generator:
-                latents.append(latent)
-                if len(latents) >= next_decode:
-                    # Chunks double up to chunk_tokens: the first is small for time to first audio, and each
-                    # next one is generated while the audio already sent plays, so playback never starves.
-                    next_decode += min(self.chunk_tokens, len(latents))
-                    if not self._emit(decoder.decode(torch.cat(latents, dim=0)[None], final=False), prosody, emit):
-                        return False
-            if latents:
-                return self._emit(decoder.decode(torch.cat(latents, dim=0)[None], final=True), prosody, emit)
+        from synthesis.engines.xtts_batch import END, Sentence
+
+        with torch.inference_mode():
+            prefix = self.loop.gpt.prefix(gpt_cond_latent, self._tokens(sentence, language))
+        request = Sentence(prefix=prefix, speaker_embedding=speaker_embedding, speed=prosody.rate, options=options)
+        self.loop.submit(request)
+        while (audio := request.audio.get()) is not END:
+            if isinstance(audio, BaseException):
+                raise EngineError("engine_failed", f"XTTS failed: {audio}") from audio
+            if not self._emit(audio, prosody, emit):
+                request.cancel()  # the loop frees its slot at its next step
+                return False
         return True
 
     @staticmethod
@@ -279,4 +365,4 @@ class XttsEngine(Engine):
         if audio is None or audio.numel() == 0:
             return True
         scaled = (audio.float() * prosody.volume).clamp(-1.0, 1.0)
-        return emit((scaled * 32767.0).round().to(torch.int16).cpu().numpy().tobytes())
+        return emit((scaled * 32767.0).round().to(torch.int16).numpy().tobytes())
