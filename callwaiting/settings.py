@@ -205,6 +205,7 @@ TTS_ENGINE_CLASSES = json.loads(os.environ.get("TTS_ENGINE_CLASSES") or "{}")
 TTS_MAX_TEXT_CHARS = env_int("TTS_MAX_TEXT_CHARS", 5000)
 # The model worker runs inside the web process unless dedicated `manage.py tts_worker` processes serve jobs.
 TTS_EMBEDDED_WORKER = env_bool("TTS_EMBEDDED_WORKER", True)
+# Jobs one worker serves at once; a batching engine (XTTS) raises it to its batch slots.
 TTS_WORKER_CAPACITY = env_int("TTS_WORKER_CAPACITY", 8)
 # The Redis Stream that model workers take jobs from (production); web processes' and workers' inboxes are
 # named under it. Separate worker pools (e.g. per GPU kind) can use separate queues.

@@ -64,7 +64,7 @@ class SynthesizeView(TenantApiView):
 # What /v1/health shows of each live worker's heartbeat.
 _WORKER_FIELDS = (
     "worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",
-    "heartbeat_at",
+    "batches", "heartbeat_at",
 )
 
 

@@ -61,6 +61,8 @@ _BUFFER_HIGH_WATER = 64 * 1024
 # Text is rendered in pieces of at most this many characters (sentences, long ones wrapped at spaces).
 _PIECE_CHARS = 400
 _SILENCE_CHUNK_MS = 100
+# How often a worker whose engines are saturated looks again before it takes another job.
+_SATURATED_RETRY_SECONDS = 0.05
 
 
 class _ClientGone(Exception):
@@ -147,16 +149,16 @@ class _Job:
 
 
 class ModelWorker:
-    def __init__(self, *, engine_names: list[str], capacity: int, worker_id: str | None = None):
+    def __init__(self, *, engine_names: list[str], capacity: int = 0, worker_id: str | None = None):
         self.engine_names = engine_names
-        self.capacity = capacity
+        self.capacity = capacity  # jobs served at once; 0: from the engines (see load)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engines: dict[str, LoadedEngine] = {}
         self.jobs: dict[str, _Job] = {}
         self.queue = None  # the event loop's job queue, taken in load()
         self.jobs_started = 0  # engine runs begun, re-deliveries included
-        self._slots = asyncio.Semaphore(capacity)
-        self._threads = ThreadPoolExecutor(max_workers=capacity + 1, thread_name_prefix="tts-engine")
+        self._slots: asyncio.Semaphore | None = None
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-load")
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # engines loaded and announced
         self._job_tasks: set[asyncio.Task] = set()
@@ -171,8 +173,23 @@ class ModelWorker:
                 logger.info("worker %s: engine %s loaded", self.worker_id, name)
             else:
                 logger.warning("worker %s: engine %s unavailable: %s", self.worker_id, name, loaded.reason)
+        if not self.capacity:
+            # As many jobs as the engines can serve together: a batching engine's slots, else the default.
+            slots = [engine.stats()["slots"] for engine in self._batching_engines().values()]
+            self.capacity = max([settings.TTS_WORKER_CAPACITY or 8, *slots])
+        self._slots = asyncio.Semaphore(self.capacity)
+        self._threads = ThreadPoolExecutor(max_workers=self.capacity + 1, thread_name_prefix="tts-engine")
         self.queue = job_queue()
         await self.queue.open_inbox(worker_inbox(self.worker_id), self._on_control)
+
+    def _batching_engines(self) -> dict:
+        """Engines that serve many streams together and report their batch (slots in use, step time)."""
+        return {name: loaded.engine for name, loaded in self.engines.items()
+                if loaded.available and hasattr(loaded.engine, "stats")}
+
+    def _saturated(self) -> bool:
+        """An engine cannot take more in real time (its slots are full, or its steps are too slow)."""
+        return any(engine.saturated() for engine in self._batching_engines().values())
 
     async def run(self) -> None:
         if self.queue is None:
@@ -198,8 +215,9 @@ class ModelWorker:
             "load": len(self.jobs),
             "waiting_for_client": parked,
             "engines_paused": sum(job.buffer.engine_waiting for job in self.jobs.values()),
-            # Taking jobs: a free slot and not stopping. Parked streams keep their slots.
-            "accepting": len(self.jobs) < self.capacity and not self._stopping.is_set(),
+            # Taking jobs: a free slot, engines keeping up, not stopping. Parked streams keep their slots.
+            "accepting": len(self.jobs) < self.capacity and not self._stopping.is_set() and not self._saturated(),
+            "batches": {name: engine.stats() for name, engine in self._batching_engines().items()},
             "jobs_started": self.jobs_started,
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -222,6 +240,10 @@ class ModelWorker:
         next_claim = 0.0
         while not self._stopping.is_set():
             await self._slots.acquire()
+            if self._saturated():  # more would slow every stream down: leave the job to another worker
+                self._slots.release()
+                await asyncio.sleep(_SATURATED_RETRY_SECONDS)
+                continue
             deliveries = []
             try:
                 if loop.time() >= next_claim:
@@ -433,6 +455,6 @@ def ensure_embedded_worker() -> ModelWorker | None:
     task = _embedded["task"]
     if _embedded["loop"] is loop and task is not None and not task.done():
         return _embedded["worker"]
-    worker = ModelWorker(engine_names=settings.TTS_ENGINES, capacity=settings.TTS_WORKER_CAPACITY)
+    worker = ModelWorker(engine_names=settings.TTS_ENGINES)
     _embedded.update(loop=loop, worker=worker, task=loop.create_task(worker.run()))
     return worker

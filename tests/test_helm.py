@@ -206,7 +206,7 @@ def test_web_runs_daphne_without_a_model_and_is_ready_only_when_health_says_so()
 def test_workers_get_a_gpu_and_are_ready_only_with_a_fresh_heartbeat():
     docs = render(REQUIRED)
     worker = container(docs, "worker")
-    assert worker["command"] == ["python", "manage.py", "tts_worker", "--capacity", "8"]
+    assert worker["command"] == ["python", "manage.py", "tts_worker", "--capacity", "0"]  # 0: the engines decide
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["readinessProbe"]["exec"]["command"] == ["python", "manage.py", "tts_worker_ready"]
     spec = pod(docs, "worker")["spec"]

@@ -12,7 +12,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--engines", default=",".join(settings.TTS_ENGINES))
-        parser.add_argument("--capacity", type=int, default=settings.TTS_WORKER_CAPACITY)
+        parser.add_argument("--capacity", type=int, default=0,
+                            help="jobs served at once (default: TTS_WORKER_CAPACITY, or XTTS's batch slots if more)")
         parser.add_argument("--device", default=settings.XTTS_DEVICE, help="e.g. cuda:0 (default: CUDA if any)")
 
     def handle(self, *args, engines, capacity, device, **options):
