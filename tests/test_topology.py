@@ -402,3 +402,17 @@ def test_many_quiet_streams_on_one_web_process_lose_no_message(topology):
         ))
     assert collections.Counter(status for status, _, _ in answers) == {200: 48}
     assert all(len(body) > 44 + 22050 for _, body, _ in answers)
+
+
+def test_a_worker_killed_mid_batch_fails_every_stream_in_it_cleanly(topology):
+    topology.start_worker("xtts", "--engines", "xtts")
+    topology.wait_for_engines("xtts")
+    responses = [topology.synthesize(text=SENTENCES, voice_id="slow_xtts") for _ in range(3)]
+    assert [response.status for response in responses] == [200] * 3
+    assert all(response.read1(4096)[:4] == b"RIFF" for response in responses)  # all three in the batch
+    topology.workers["xtts"].send_signal(signal.SIGKILL)
+    for response in responses:
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):  # never a short file that looks whole
+            while response.read1(65536):
+                pass
+    assert [row["error_code"] for row in topology.usage()] == ["worker_lost"] * 3

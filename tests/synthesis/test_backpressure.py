@@ -135,3 +135,26 @@ def test_a_job_given_up_before_any_worker_took_it_is_never_started(live_voices, 
     spoken, after, started = async_to_sync(scenario)()
     assert spoken and after
     assert started == 2  # the busy job and the last one: the abandoned job never reached an engine
+
+
+def test_cancelling_an_xtts_stream_frees_its_batch_slot_at_once(live_voices, xtts_enabled, tmp_path):
+    from synthesis.engines import load_engine
+    from tests.factories import voice_like
+    from voices.audio import encode_wav
+
+    clip = tmp_path / "reference.wav"
+    clip.write_bytes(encode_wav(voice_like(4.0), 22050))
+
+    async def scenario():
+        stream = WorkerStream(JobSpec(
+            engine="xtts", language="en", voice_settings={"reference_audio": str(clip)},
+            segments=plain_text_segments(LONG_TEXT, speed=1.0),
+        ))
+        await stream.start()
+        engine = load_engine("xtts").engine
+        assert engine.stats()["slots_in_use"] == 1
+        await stream.cancel()
+        worker = ensure_embedded_worker()
+        await _until(lambda: engine.stats()["slots_in_use"] == 0 and worker.describe()["load"] == 0, timeout=30)
+
+    async_to_sync(scenario)()
