@@ -29,6 +29,7 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/topology.py
 	$(PY) bench/xtts_vocoder.py
+	$(PY) bench/xtts_batch.py
 
 worker: install
 	$(PY) manage.py tts_worker
