@@ -1,12 +1,12 @@
 from django.contrib import admin
 from django.urls import path
 
-from synthesis.views import HealthView, MetricsView, SynthesizeView
+from synthesis.views import HealthView, MetricsView, synthesize
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
 
 urlpatterns = [
-    path("v1/synthesize", SynthesizeView.as_view(), name="synthesize"),
+    path("v1/synthesize", synthesize, name="synthesize"),
     path("v1/voices", VoiceListView.as_view(), name="voices"),
     path("v1/voices/upload", VoiceUploadView.as_view(), name="voice-upload"),
     path("v1/voices/<slug:voice_id>", VoiceDetailView.as_view(), name="voice-detail"),

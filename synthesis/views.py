@@ -1,15 +1,15 @@
 import uuid
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework import exceptions
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from callwaiting.errors import ApiError, error_code
+from callwaiting.errors import ApiError, error_code, exception_body
 from synthesis import metrics, workers
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
@@ -29,36 +29,67 @@ def _request_id(request) -> uuid.UUID:
 
 
 class SynthesizeView(TenantApiView):
-    """POST /v1/synthesize: speech for text or SSML, streamed as it is produced (WAV or raw PCM)."""
+    """POST /v1/synthesize: speech for text or SSML, streamed as it is produced (WAV or raw PCM).
+
+    Served by `synthesize` below: this class is its DRF half (key authentication, scope, rate limits,
+    parsing, validation, the error shape), run in a worker thread in one go."""
 
     required_scope = "synthesize"
 
-    def post(self, request):
-        session = SynthesisSession(api_key=request.auth, request_id=_request_id(request))
+    def admit(self, request) -> tuple[SynthesisSession | None, HttpResponse | None]:
+        """DRF's checks and the session's own (database, quota, concurrency): a prepared session, or the error
+        response. One thread hop for everything before the audio."""
+        drf_request = self.initialize_request(request)
+        self.request, self.headers = drf_request, self.default_response_headers
+        session = None
         try:
-            serializer = SynthesizeSerializer(data=request.data)
+            self.initial(drf_request)
+            session = SynthesisSession(api_key=drf_request.auth, request_id=_request_id(drf_request))
+            serializer = SynthesizeSerializer(data=drf_request.data)
             serializer.is_valid(raise_exception=True)
             session.prepare(serializer.validated_data)
-            first = async_to_sync(session.start)()
-            if not session.streaming:
-                body = async_to_sync(session.collect)(first)
-        except exceptions.APIException as exc:
-            session.close(UsageRecord.Status.ERROR, error_code(exc))
-            raise
-        content_type = "audio/wav" if session.audio_format == "wav" else "audio/L16"
-        headers = {
-            "X-Request-ID": str(session.request_id),
-            "X-Sample-Rate": str(session.sample_rate),
-            "X-Worker-Id": session.stream.worker_id,  # which model worker served it, for operators
-            "Cache-Control": "no-store",
-        }
+            return session, None
+        except Exception as exc:
+            if session is not None and isinstance(exc, exceptions.APIException):
+                session.close(UsageRecord.Status.ERROR, error_code(exc))
+            response = self.finalize_response(drf_request, self.handle_exception(exc))
+            response.render()
+            return None, response
+
+
+def _error_response(exc: exceptions.APIException) -> JsonResponse:
+    """The one error shape, answered from the event loop (no renderer needed for an ApiError)."""
+    return JsonResponse(exception_body(exc), status=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def synthesize(request):
+    """POST /v1/synthesize. Async so that the request crosses into a thread once (SynthesizeView.admit, for the
+    checks that need the database) and the job is dispatched, and its first audio awaited, on the event loop."""
+    if request.method != "POST":
+        return await sync_to_async(SynthesizeView.as_view())(request)  # DRF's 405 with its Allow header
+    session, refused = await sync_to_async(SynthesizeView().admit)(request)
+    if refused is not None:
+        return refused
+    try:
+        first = await session.start()  # a failure before any audio is still a proper error status
         if not session.streaming:
-            return HttpResponse(body, content_type=content_type, headers=headers)
-        # However the exchange ends, an unfinished stream is cancelled and billed (see RequestCleanupMiddleware).
-        cleanups = getattr(request, "scope", {}).get("callwaiting.cleanups")
-        if cleanups is not None:
-            cleanups.append(session.abandon)
-        return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
+            body = await session.collect(first)
+    except ApiError as exc:
+        return _error_response(exc)  # start() and collect() have written the usage row
+    content_type = "audio/wav" if session.audio_format == "wav" else "audio/L16"
+    headers = {
+        "X-Request-ID": str(session.request_id),
+        "X-Sample-Rate": str(session.sample_rate),
+        "X-Worker-Id": session.stream.worker_id,  # which model worker served it, for operators
+        "Cache-Control": "no-store",
+    }
+    if not session.streaming:
+        return HttpResponse(body, content_type=content_type, headers=headers)
+    # However the exchange ends, an unfinished stream is cancelled and billed (see RequestCleanupMiddleware).
+    cleanups = request.scope.get("callwaiting.cleanups")
+    if cleanups is not None:
+        cleanups.append(session.abandon)
+    return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 
 # What /v1/health shows of each live worker's heartbeat.

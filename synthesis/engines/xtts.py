@@ -244,7 +244,8 @@ class XttsEngine(Engine):
         if self.loop is None:
             return False
         stats = self.loop.stats()
-        return stats["sentences_waiting"] > 0 or self.loop.step_seconds > 1 / REALTIME_TOKENS_PER_SECOND
+        too_slow = stats["slots_in_use"] > 0 and self.loop.step_seconds > 1 / REALTIME_TOKENS_PER_SECOND
+        return stats["sentences_waiting"] > 0 or too_slow
 
     # --- conditioning -------------------------------------------------------------------------------------
     def compute_conditioning(self, samples, sample_rate: int) -> bytes:

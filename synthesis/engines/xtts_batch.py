@@ -296,6 +296,8 @@ class BatchLoop:
     def _run(self) -> None:
         while True:
             with self._wake:
+                if not self._waiting and not self._rows:
+                    self.steps, self.step_seconds = 0, 0.0  # idle: the next busy spell is measured afresh
                 while not self._waiting and not self._rows:
                     self._wake.wait()
             started = time.perf_counter()

@@ -268,3 +268,18 @@ def test_an_unknown_dtype_makes_the_engine_unavailable_with_the_reason(settings,
     settings.XTTS_DTYPE = "float8"
     loaded = load_engine("xtts")
     assert not loaded.available and "XTTS_DTYPE='float8'" in loaded.reason
+
+
+def test_an_engine_with_every_slot_taken_says_it_is_saturated(tiny_xtts_dir):
+    engine = _engine(tiny_xtts_dir, slots=1)
+    voice = _conditioning(engine)
+    first, second = (_sentence(engine, voice, text, min_tokens=500, max_tokens=500) for text in TEXTS[:2])
+    assert not engine.saturated()
+    engine.loop.submit(first)
+    engine.loop.submit(second)  # no slot for it: it waits
+    _until(lambda: engine.stats()["sentences_waiting"] == 1 and engine.stats()["slots_in_use"] == 1)
+    assert engine.saturated()
+    first.cancel()
+    second.cancel()
+    _until(lambda: engine.stats()["slots_in_use"] == 0 and engine.stats()["sentences_waiting"] == 0)
+    assert not engine.saturated()
