@@ -176,6 +176,7 @@ class RedisJobQueue(JobQueue):
         self.prefix = f"{self.stream}:inbox:"
         self._group_ready = False
         self._readers: list[asyncio.Task] = []
+        self._closed = False
         self._next_sweep = 0.0
 
     def _inbox_key(self, name: str) -> str:
@@ -287,7 +288,7 @@ class RedisJobQueue(JobQueue):
         """The inbox's one reader. Each round trip refreshes the inbox's expiry, deletes what the previous one
         read, and waits for more after the last id seen; a Redis outage is retried from that same id."""
         read: list[str] = [last_id]
-        while True:
+        while not self._closed:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.pexpire(key, _INBOX_TTL_MS)
@@ -298,6 +299,8 @@ class RedisJobQueue(JobQueue):
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._closed:  # redis-py turns a cancelled read into a connection error
+                    return
                 logger.exception("reading inbox %s failed; retrying", key)
                 await asyncio.sleep(0.5)
                 continue
@@ -327,6 +330,7 @@ class RedisJobQueue(JobQueue):
         return results[0] is not None
 
     async def close(self) -> None:
+        self._closed = True
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)

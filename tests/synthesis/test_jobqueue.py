@@ -136,3 +136,18 @@ def test_the_memory_queue_skips_withdrawn_jobs_too():
 
     first, second = asyncio.run(scenario())
     assert first.job == {"n": 2} and second is None
+
+
+@needs_redis
+def test_closing_stops_a_reader_blocked_in_its_read(redis_queue):
+    """A one-off user (the voice-processing task) closes its queue when done; that must not hang."""
+    async def scenario():
+        queue = redis_queue()
+        await queue.open_inbox("web:closing", lambda message: None)
+        for _ in range(3):  # the reader is waiting in XREAD (one second at a time)
+            await asyncio.sleep(0.3)
+            await asyncio.wait_for(asyncio.shield(asyncio.sleep(0)), 1)
+        await asyncio.wait_for(queue.close(), 5)
+        return all(reader.done() for reader in queue._readers) or not queue._readers
+
+    assert asyncio.run(scenario())
