@@ -142,12 +142,13 @@ def test_the_memory_queue_skips_withdrawn_jobs_too():
 def test_closing_stops_a_reader_blocked_in_its_read(redis_queue):
     """A one-off user (the voice-processing task) closes its queue when done; that must not hang."""
     async def scenario():
-        queue = redis_queue()
-        await queue.open_inbox("web:closing", lambda message: None)
-        for _ in range(3):  # the reader is waiting in XREAD (one second at a time)
-            await asyncio.sleep(0.3)
-            await asyncio.wait_for(asyncio.shield(asyncio.sleep(0)), 1)
+        queue, sender = redis_queue(), redis_queue()
+        received = asyncio.Event()
+        await queue.open_inbox("web:closing", lambda message: received.set())
+        await sender.send("web:closing", {"type": "tts.cloned"})
+        await asyncio.wait_for(received.wait(), 5)  # the reader read it, and waits in its next XREAD
         await asyncio.wait_for(queue.close(), 5)
-        return all(reader.done() for reader in queue._readers) or not queue._readers
+        await sender.close()
+        return [reader.done() for reader in queue._readers]
 
-    assert asyncio.run(scenario())
+    assert asyncio.run(scenario()) == []  # closed, and forgotten
