@@ -18,7 +18,7 @@ from django.conf import settings
 
 from synthesis import workers
 from synthesis.frontend import Pause, Segment
-from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis
+from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis, worker_inbox
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ class JobSpec:
 _CLIENT_ERROR_CODES = {
     "invalid_voice_settings": 422, "unsupported_language": 422, "text_too_long": 413, "invalid_audio": 422,
 }
-
-
-def worker_inbox(worker_id: str) -> str:
-    """Where a worker reads credit and cancel for its jobs."""
-    return f"worker:{worker_id}"
 
 
 class ReplyRouter:

@@ -360,3 +360,8 @@ def job_queue() -> JobQueue:
 
 def new_inbox_name(kind: str) -> str:
     return f"{kind}:{uuid.uuid4().hex}"
+
+
+def worker_inbox(worker_id: str) -> str:
+    """Where a worker reads credit and cancel for its jobs."""
+    return f"worker:{worker_id}"

@@ -44,11 +44,10 @@ from django.core.files.storage import default_storage
 
 from synthesis import workers
 from synthesis.audio import silence
-from synthesis.dispatch import worker_inbox
 from synthesis.engines import LoadedEngine, load_engine
 from synthesis.engines.base import EngineError, Prosody
 from synthesis.frontend import split_sentences
-from synthesis.jobqueue import MAX_DELIVERIES, Delivery, job_queue
+from synthesis.jobqueue import MAX_DELIVERIES, Delivery, job_queue, worker_inbox
 from voices.audio import AudioError, decode_reference
 
 logger = logging.getLogger(__name__)

@@ -236,16 +236,22 @@ def test_sigterm_lets_the_stream_in_flight_finish(topology):
     assert later.status == 503  # no worker took it, and nothing hung
 
 
-def test_a_stalled_client_holds_its_job_and_hanging_up_cancels_it_on_the_worker(topology):
+def _stalled_listener(topology):
+    """A client that asks for a minutes-long clip, reads its first bytes, then stops reading."""
     from tests.test_server import LONG_TEXT, _SmallBufferConnection
 
-    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "2")
-    topology.wait_for_engines("espeak")
     connection = _SmallBufferConnection("127.0.0.1", topology.port, timeout=30)
     connection.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT}), headers={
         "Authorization": f"Bearer {topology.key}", "Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.read1(1024)[:4] == b"RIFF"
+    return connection, response
+
+
+def test_a_stalled_client_holds_its_job_and_hanging_up_cancels_it_on_the_worker(topology):
+    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "2")
+    topology.wait_for_engines("espeak")
+    connection, response = _stalled_listener(topology)
     deadline = time.monotonic() + 15
     while not (worker := topology.get("/v1/health")[1]["workers"][0])["waiting_for_client"]:
         assert time.monotonic() < deadline, "the worker never held the stalled stream"
@@ -335,15 +341,9 @@ def test_bursts_against_two_workers_run_every_job_once_and_every_answer_is_one_r
 
 
 def test_a_slow_listener_parks_only_its_own_stream_on_the_worker(topology):
-    from tests.test_server import LONG_TEXT, _SmallBufferConnection
-
     topology.start_worker("espeak", "--engines", "espeak", "--capacity", "4")
     topology.wait_for_engines("espeak")
-    stalled = _SmallBufferConnection("127.0.0.1", topology.port, timeout=30)
-    stalled.request("POST", "/v1/synthesize", body=json.dumps({"text": LONG_TEXT}), headers={
-        "Authorization": f"Bearer {topology.key}", "Content-Type": "application/json"})
-    stalled_response = stalled.getresponse()
-    assert stalled_response.read1(1024)[:4] == b"RIFF"
+    stalled, stalled_response = _stalled_listener(topology)
     deadline = time.monotonic() + 15
     while not topology.get("/v1/health")[1]["workers"][0]["engines_paused"]:
         assert time.monotonic() < deadline, "the stalled stream never parked"
