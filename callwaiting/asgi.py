@@ -122,8 +122,15 @@ class RequestCleanupMiddleware:
 
 
 class _ClientStalled(Exception):
-    """Raised out of `send` to stop an app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT, or whose
-    HTTP client has gone away."""
+    """Raised out of `send` to stop a WebSocket app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT."""
+
+
+def _stop_app(kind: str) -> BaseException:
+    """What `send` raises to stop an app whose client is gone or stalled. For HTTP it is what Django expects
+    when a client disconnects during its response (CancelledError): Django then finishes the request as usual,
+    closing the response and returning the request's database connection. Any other exception would skip that,
+    and with a connection pool every such request would keep a connection for good."""
+    return asyncio.CancelledError() if kind == "http" else _ClientStalled()
 
 
 @implementer(IPushProducer)
@@ -204,7 +211,7 @@ class DaphneStreamingMiddleware:
             if more and kind == "http" and registered and channel() is None:
                 # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
                 # credit flowing, the whole clip) before Django delivers the disconnect to it.
-                raise _ClientStalled()
+                raise _stop_app(kind)
             if more and not writable.event.is_set():
                 try:
                     await asyncio.wait_for(writable.event.wait(), settings.TTS_CLIENT_STALL_TIMEOUT)
@@ -214,9 +221,9 @@ class DaphneStreamingMiddleware:
                     if (up := channel()) is not None:
                         up.transport.abortConnection()
                     # Stop the app now: it would otherwise run on into a dead connection before it hears of it.
-                    raise _ClientStalled() from None
+                    raise _stop_app(kind) from None
                 if kind == "http" and channel() is None:
-                    raise _ClientStalled()  # woken because the connection is gone
+                    raise _stop_app(kind)  # woken because the connection is gone
 
         try:
             await self.app(scope, receive, paced_send)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import close_old_connections
 from rest_framework import status
 
 from callwaiting.errors import ApiError
@@ -171,7 +172,7 @@ class SynthesisSession:
             if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
                 await self.abandon()
             else:
-                await sync_to_async(self.close)(outcome, code)
+                await sync_to_async(self._close_and_release)(outcome, code)  # may end outside the request cycle
 
     async def abandon(self) -> None:
         """The client is gone before the audio was all out: cancel the job, bill what was sent. A no-op once
@@ -179,7 +180,15 @@ class SynthesisSession:
         if self._closed:
             return
         await self.stream.cancel()
-        await sync_to_async(self.close)(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
+        await sync_to_async(self._close_and_release)(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
+
+    def _close_and_release(self, outcome: str, error_code: str) -> None:
+        """close(), then hand the database connection back: an abandoned exchange may end outside Django's
+        request cycle (RequestCleanupMiddleware), where nothing else would."""
+        try:
+            self.close(outcome, error_code)
+        finally:
+            close_old_connections()
 
     async def collect(self, first: bytes) -> bytes:
         """The whole clip, for streaming=false."""

@@ -50,6 +50,8 @@ class Topology:
             "XTTS_DEVICE": "cpu",
             # A task whose Celery worker was killed is handed out again after 5 s instead of 15 minutes.
             "CELERY_VISIBILITY_TIMEOUT": "5",
+            # A small PostgreSQL pool: a request that kept its connection would soon starve the others.
+            "DATABASE_POOL_SIZE": "3",
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.workers: dict[str, subprocess.Popen] = {}
@@ -416,3 +418,16 @@ def test_a_worker_killed_mid_batch_fails_every_stream_in_it_cleanly(topology):
             while response.read1(65536):
                 pass
     assert [row["error_code"] for row in topology.usage()] == ["worker_lost"] * 3
+
+
+def test_clients_that_hang_up_mid_stream_give_their_database_connection_back(topology):
+    topology.start_worker("espeak", "--engines", "espeak", "--capacity", "4")
+    topology.wait_for_engines("espeak")
+    for _ in range(10):  # more hang-ups than the pool has connections
+        connection, response = _stalled_listener(topology)
+        connection.close()
+        response.close()
+    answers = [_speak(topology, "Still served after all those hang-ups.") for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200] * 3
+    usage = topology.usage()
+    assert [row["status"] for row in usage].count("client_disconnected") == 10
