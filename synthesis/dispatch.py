@@ -226,14 +226,13 @@ class WorkerJob:
         if self.worker_id:
             await self._control(self.worker_id, {"type": "tts.cancel"})
             return
-        # Not taken (or its worker died before answering): out of the queue, and a mark for a worker that has
-        # read it already.
-        try:
-            if self.entry:
+        # Not taken (or its worker died before answering): out of the queue. A worker that had read it already
+        # answers to a job this process no longer knows, and ReplyRouter.deliver tells it to stop.
+        if self.entry:
+            try:
                 await self._router.queue.withdraw(self.entry)
-            await asyncio.to_thread(workers.job_abandon, job_id=self.job_id)
-        except Exception:
-            logger.warning("job %s: could not withdraw it", self.job_id, exc_info=True)
+            except Exception:
+                logger.warning("job %s: could not withdraw it", self.job_id, exc_info=True)
 
 
 class ConditioningJob(WorkerJob):

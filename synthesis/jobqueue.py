@@ -202,8 +202,8 @@ class RedisJobQueue(JobQueue):
         return _text(await self.redis.xadd(self.stream, _pack(job)))
 
     async def withdraw(self, entry: str) -> None:
-        # Not yet read: it never will be. Already read (pending): the worker has it, and checks the job's
-        # abandoned mark (synthesis.workers.job_abandon) before it runs it.
+        # Not yet read: it never will be. Already read (pending): the worker has it; its first answer reaches
+        # a web process that no longer knows the job, which tells it to stop (dispatch.ReplyRouter.deliver).
         await self.redis.xdel(self.stream, entry)
 
     async def take(self, consumer: str, timeout: float) -> Delivery | None:

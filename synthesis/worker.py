@@ -356,15 +356,10 @@ class ModelWorker:
             return
         loop = asyncio.get_running_loop()
         render = loop.run_in_executor(self._threads, self._render, job, loaded)
-        # Whether its client gave up before any worker took it (a cache round trip): asked while the engine
-        # makes the first chunk, so that it adds nothing to the time to first audio.
-        abandoned = asyncio.ensure_future(asyncio.to_thread(workers.job_abandoned, job.id))
         seq = samples = 0
         ended = False
         try:
             while not ended:
-                if seq == 0 and await abandoned:
-                    job.cancel()
                 if not await self._wait_for_credit(job, seq):
                     break
                 chunk, ended = await job.buffer.take()

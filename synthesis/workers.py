@@ -68,17 +68,3 @@ def engine_availability() -> dict[str, dict]:
         reason = "; ".join(sorted(reasons)) or f"no live model worker serves the {name!r} engine"
         out[name] = {"available": False, "reason": reason, "workers": 0}
     return out
-
-
-# A job its client gave up on before any worker accepted it: the web side cannot reach a worker yet, so it
-# leaves a mark that the worker that takes the job checks first.
-def _abandoned_key(job_id: str) -> str:
-    return f"tts:abandoned:{job_id}"
-
-
-def job_abandon(*, job_id: str) -> None:
-    cache.set(_abandoned_key(job_id), True, timeout=settings.TTS_JOB_ACCEPT_TIMEOUT + 60)
-
-
-def job_abandoned(job_id: str) -> bool:
-    return bool(cache.get(_abandoned_key(job_id)))

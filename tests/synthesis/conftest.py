@@ -11,6 +11,7 @@ class EngineTap:
     def __init__(self):
         self.chunks: list[bytes] = []
         self.sentence_bytes: list[int] = []  # audio of each synthesize call (the worker calls it per sentence)
+        self.in_call = 0  # synthesize calls running now
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()
@@ -45,10 +46,12 @@ def engine_tap(monkeypatch):
             return keep_going
 
         before = len(tap.pcm)
+        tap.in_call += 1
         try:
             return original(self, emit=tapped, **kwargs)
         finally:
             tap.sentence_bytes.append(len(tap.pcm) - before)
+            tap.in_call -= 1
             tap.finished.set()
 
     monkeypatch.setattr(EspeakEngine, "synthesize", synthesize)

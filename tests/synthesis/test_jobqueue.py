@@ -152,3 +152,27 @@ def test_closing_stops_a_reader_blocked_in_its_read(redis_queue):
         return [reader.done() for reader in queue._readers]
 
     assert asyncio.run(scenario()) == []  # closed, and forgotten
+
+
+def test_an_answer_to_a_job_this_process_gave_up_tells_its_worker_to_stop():
+    """A job withdrawn after a worker read it: the worker's first answer finds no taker here, and the worker is
+    told to cancel (once), so it never streams for nobody."""
+    from synthesis.dispatch import ReplyRouter
+    from synthesis.jobqueue import worker_inbox
+
+    async def scenario():
+        queue = MemoryJobQueue()
+        told = []
+        await queue.open_inbox(worker_inbox("w1"), told.append)
+        router = ReplyRouter(queue)
+        waiting = router.open("live")
+        router.deliver({"type": "tts.audio", "job_id": "live", "worker_id": "w1", "pcm": b"\x00\x00"})
+        for kind in ("tts.accepted", "tts.audio", "tts.audio"):
+            router.deliver({"type": kind, "job_id": "gone", "worker_id": "w1"})
+        router.deliver({"type": "tts.done", "job_id": "other", "worker_id": "w1"})  # ended: nothing to stop
+        await asyncio.sleep(0)  # the cancel is sent by a task
+        return waiting.qsize(), told
+
+    delivered, told = asyncio.run(scenario())
+    assert delivered == 1
+    assert told == [{"type": "tts.cancel", "job_id": "gone"}]
