@@ -119,10 +119,15 @@ class SynthesisSession:
 
     def _take_stream_slot(self) -> None:
         key = _stream_slot_key(self.tenant.pk)
-        # The counter expires an hour after the last stream starts, so slots leaked by a crashed process heal.
-        if not cache.add(key, 0, timeout=_SLOT_TTL_SECONDS):
-            cache.touch(key, _SLOT_TTL_SECONDS)
-        if cache.incr(key) > self.tenant.max_concurrent_streams:
+        # One cache round trip in the usual case (this is on the way to the first audio): the counter is made
+        # on first use, and its expiry is pushed back when a stream ends (close), so it lapses only after an
+        # hour without any stream starting or ending, which heals slots leaked by a crashed process.
+        try:
+            streams = cache.incr(key)
+        except ValueError:
+            cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
+            streams = cache.incr(key)
+        if streams > self.tenant.max_concurrent_streams:
             cache.decr(key)
             raise ApiError(
                 "too_many_streams",
@@ -214,8 +219,10 @@ class SynthesisSession:
             return
         self._closed = True
         if self._slot_held:
+            key = _stream_slot_key(self.tenant.pk)
             try:
-                cache.decr(_stream_slot_key(self.tenant.pk))
+                cache.decr(key)
+                cache.touch(key, _SLOT_TTL_SECONDS)
             except ValueError:
                 pass  # the counter expired meanwhile; nothing left to give back
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
