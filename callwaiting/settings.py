@@ -102,8 +102,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
         "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 20), "timeout": 10},
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the streaming responses write usage rows while other requests read.
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    # Write-ahead logging (set once in the file by migration tenants 0002) lets streaming responses write usage
+    # rows while other requests read; a writer waits up to `timeout` seconds for another.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
     # Tests reach the database from the ASGI handler's threads: an in-memory database would not be shared.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
