@@ -215,14 +215,14 @@ class Sentence:
 class _Row:
     """A sentence in a slot."""
 
-    def __init__(self, sentence: Sentence, slot: int, decoder):
+    def __init__(self, sentence: Sentence, slot: int, decoder, first_chunk_tokens: int):
         self.sentence = sentence
         self.slot = slot
-        self.decoder = decoder
+        self.decoder = decoder  # its HiFi-GAN windows (xtts._LatentWindowDecoder)
         self.latents: list[torch.Tensor] = sentence.latents  # [C] each
         self.token = 0  # the last sampled token, the next step's input
         self.finished = False
-        self.next_decode = 0
+        self.next_decode: int | None = first_chunk_tokens  # tokens before the next window; None: all decoded
 
 
 class BatchLoop:
@@ -337,13 +337,12 @@ class BatchLoop:
                     sentence.audio.put(END)
                     continue
                 self._free.sort()
-                admitted.append(_Row(sentence, self._free.pop(0), None))
+                decoder = self.make_decoder(sentence.speaker_embedding, sentence.speed)
+                admitted.append(_Row(sentence, self._free.pop(0), decoder, self.first_chunk_tokens))
         if not admitted:
             return False
         for row in admitted:
             options, slot = row.sentence.options, row.slot
-            row.decoder = self.make_decoder(row.sentence.speaker_embedding, row.sentence.speed)
-            row.next_decode = self.first_chunk_tokens
             self._seen[slot] = False
             self._seen[slot, [PLACEHOLDER_TOKEN, self.gpt.start_token]] = True
             self._params["temperature"][slot] = options.temperature
