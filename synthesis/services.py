@@ -205,9 +205,6 @@ class SynthesisSession:
         except DispatchError as exc:
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
-        if not self.stream.complete:  # cancelled under us: the client is gone
-            await self.abandon()
-            raise ApiError("client_disconnected", "The request was cancelled.", 499)
         await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
         pcm = b"".join(parts)
         return audio.wav_file(pcm, sample_rate=self.sample_rate) if self.audio_format == "wav" else pcm

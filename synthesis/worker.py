@@ -124,10 +124,6 @@ class _AudioBuffer:
                 self._ready.clear()
             await self._ready.wait()
 
-    @property
-    def size(self) -> int:
-        return self._size
-
 
 class _Job:
     def __init__(self, delivery: Delivery, loop: asyncio.AbstractEventLoop):

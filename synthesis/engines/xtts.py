@@ -12,6 +12,8 @@ Three things differ from calling `Xtts.inference_stream` directly:
   so the streamed clip has exactly as many samples as a one-pass decode, with no crossfade guesswork.
 - Long text is split at sentence boundaries within the model's character and token limits, and the sentences
   are streamed one after the other.
+- Streams are served together: synthesize() is called from many threads at once, and each sentence joins one
+  batch loop that owns the model (synthesis/engines/xtts_batch.py).
 """
 import io
 import logging

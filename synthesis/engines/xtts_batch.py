@@ -66,9 +66,7 @@ class BatchedGpt:
         self.start_token = gpt.start_audio_token
         self.vocab = gpt.mel_head.out_features
         self.max_new_tokens = gpt.max_gen_mel_tokens
-        # Conditioning latents (32 with the perceiver resampler), text with its start/stop tokens, the start
-        # audio token, then the generated tokens.
-        self.max_len = 32 + gpt.max_text_tokens + 1 + self.max_new_tokens + 1
+        self.max_len = self.cache_length(gpt)
         self.slots = slots
         shape = (len(self.blocks), slots, self.heads, self.max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -81,10 +79,14 @@ class BatchedGpt:
             self.scales.append(scale)
 
     @staticmethod
-    def bytes_per_slot(gpt, dtype: torch.dtype) -> int:
-        head_dim = gpt.model_dim // gpt.heads
-        max_len = 32 + gpt.max_text_tokens + 1 + gpt.max_gen_mel_tokens + 1
-        return 2 * len(gpt.gpt.h) * gpt.heads * max_len * head_dim * torch.finfo(dtype).bits // 8
+    def cache_length(gpt) -> int:
+        """Positions per slot: conditioning latents (32 with the perceiver resampler), text with its start and
+        stop tokens, the start audio token, then the generated tokens."""
+        return 32 + gpt.max_text_tokens + 1 + gpt.max_gen_mel_tokens + 1
+
+    @classmethod
+    def bytes_per_slot(cls, gpt, dtype: torch.dtype) -> int:
+        return 2 * len(gpt.gpt.h) * gpt.model_dim * cls.cache_length(gpt) * torch.finfo(dtype).bits // 8
 
     # --- the pieces of one layer --------------------------------------------------------------------------
     def _norm(self, module, x):
@@ -230,7 +232,6 @@ class BatchLoop:
 
     def __init__(self, model, *, slots: int, dtype: torch.dtype, make_decoder, first_chunk_tokens: int,
                  chunk_tokens: int, cuda_graphs: bool, max_unread_chunks: int = 8):
-        self.model = model
         self.device = next(model.parameters()).device
         self.gpt = BatchedGpt(model.gpt, slots=slots, dtype=dtype, device=self.device)
         self.make_decoder = make_decoder

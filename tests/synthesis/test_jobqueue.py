@@ -138,22 +138,6 @@ def test_the_memory_queue_skips_withdrawn_jobs_too():
     assert first.job == {"n": 2} and second is None
 
 
-@needs_redis
-def test_closing_stops_a_reader_blocked_in_its_read(redis_queue):
-    """A one-off user (the voice-processing task) closes its queue when done; that must not hang."""
-    async def scenario():
-        queue, sender = redis_queue(), redis_queue()
-        received = asyncio.Event()
-        await queue.open_inbox("web:closing", lambda message: received.set())
-        await sender.send("web:closing", {"type": "tts.cloned"})
-        await asyncio.wait_for(received.wait(), 5)  # the reader read it, and waits in its next XREAD
-        await asyncio.wait_for(queue.close(), 5)
-        await sender.close()
-        return [reader.done() for reader in queue._readers]
-
-    assert asyncio.run(scenario()) == []  # closed, and forgotten
-
-
 def test_an_answer_to_a_job_this_process_gave_up_tells_its_worker_to_stop():
     """A job withdrawn after a worker read it: the worker's first answer finds no taker here, and the worker is
     told to cancel (once), so it never streams for nobody."""
