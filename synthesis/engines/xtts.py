@@ -241,13 +241,15 @@ class XttsEngine(Engine):
         return self.loop.stats() if self.loop else {}
 
     def saturated(self) -> bool:
-        """More would not be served in real time: sentences wait for a slot, or a step takes longer than a
-        real-time stream can wait for its next token."""
+        """More would not be served in real time: sentences wait for a slot, a step takes longer than a
+        real-time stream can wait for its next token, or HiFi-GAN falls behind (more windows wait for it than
+        there are streams: each stream cuts one about every second of audio)."""
         if self.loop is None:
             return False
         stats = self.loop.stats()
         too_slow = stats["slots_in_use"] > 0 and self.loop.step_seconds > 1 / REALTIME_TOKENS_PER_SECOND
-        return stats["sentences_waiting"] > 0 or too_slow
+        vocoder_behind = stats["windows_waiting"] > max(8, stats["slots_in_use"])
+        return stats["sentences_waiting"] > 0 or too_slow or vocoder_behind
 
     # --- conditioning -------------------------------------------------------------------------------------
     def compute_conditioning(self, samples, sample_rate: int) -> bytes:
