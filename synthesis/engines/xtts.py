@@ -52,6 +52,9 @@ class _Window:
         return wav[self.skip_frames * hop : (self.skip_frames + self.new_frames) * hop]
 
 
+WINDOW_QUANTUM = 16  # decoder frames
+
+
 class _LatentWindowDecoder:
     """Turns a growing sequence of GPT latents into audio, one HiFi-GAN window at a time."""
 
@@ -84,6 +87,11 @@ class _LatentWindowDecoder:
         if ready <= self.emitted_frames:
             return None
         start = max(0, self.emitted_frames - self.context)
+        # More left context (where there is some) rounds the length up to a multiple of WINDOW_QUANTUM: the
+        # frames per token are not whole, so windows of the same chunk size differ by a frame or two, and
+        # only windows of equal length share a HiFi-GAN call. Extra context only brings the window's edge
+        # closer to a one-pass decode.
+        start = max(0, start - (-(total - start) % WINDOW_QUANTUM))
         window = _Window(z=z[:, :, start:total], first=self.emitted_frames == 0,
                          skip_frames=self.emitted_frames - start, new_frames=ready - self.emitted_frames)
         self.emitted_frames = ready

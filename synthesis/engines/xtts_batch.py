@@ -362,7 +362,7 @@ class BatchLoop:
     """The loop thread that owns the model; see the module docstring."""
 
     def __init__(self, model, *, slots: int, dtype: torch.dtype, make_decoder, first_chunk_tokens: int,
-                 chunk_tokens: int, cuda_graphs: bool, max_unread_chunks: int = 8, vocoder_batch: int = 32):
+                 chunk_tokens: int, cuda_graphs: bool, max_unread_chunks: int = 8, vocoder_batch: int = 64):
         self.device = next(model.parameters()).device
         self.gpt = BatchedGpt(model.gpt, slots=slots, dtype=dtype, device=self.device)
         self.make_decoder = make_decoder
