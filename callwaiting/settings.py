@@ -210,6 +210,12 @@ TTS_ENGINES = env_list("TTS_ENGINES", "espeak,xtts")
 # Engines are pluggable: {"name": "dotted.path.EngineClass"} adds engines or replaces built-in ones.
 TTS_ENGINE_CLASSES = json.loads(os.environ.get("TTS_ENGINE_CLASSES") or "{}")
 TTS_MAX_TEXT_CHARS = env_int("TTS_MAX_TEXT_CHARS", 5000)
+# Audio one request may make, pauses included (a request whose pauses alone exceed it is refused up front).
+TTS_MAX_AUDIO_SECONDS = env_float("TTS_MAX_AUDIO_SECONDS", 900.0)
+# A streaming=false response is collected in memory up to this size, then in a temporary file.
+TTS_RESPONSE_MEMORY_BYTES = env_int("TTS_RESPONSE_MEMORY_BYTES", 1024 * 1024)
+# A client's request id (X-Request-ID / request_id) may be tried this many times (a retry is billed once).
+TTS_REQUEST_MAX_ATTEMPTS = env_int("TTS_REQUEST_MAX_ATTEMPTS", 3)
 # The model worker runs inside the web process unless dedicated `manage.py tts_worker` processes serve jobs.
 TTS_EMBEDDED_WORKER = env_bool("TTS_EMBEDDED_WORKER", True)
 # Jobs one worker serves at once; a batching engine (XTTS) raises it to its batch slots.

@@ -62,7 +62,7 @@ from callwaiting.errors import ApiError, error_body, error_code, exception_body
 from synthesis import audio
 from synthesis.dispatch import DispatchError
 from synthesis.serializers import StreamSynthesizeSerializer
-from synthesis.services import SynthesisSession
+from synthesis.services import SynthesisSession, parse_request_id
 from tenants.authentication import authenticate_authorization_header
 from tenants.models import ApiKey, UsageRecord
 from tenants.permissions import require_scope
@@ -78,6 +78,7 @@ _INTERNAL_ERROR = ApiError("internal_error", "The server failed on this request;
 @dataclass(frozen=True)
 class Utterance:
     request_id: uuid.UUID
+    named_by_client: bool  # the client sent request_id (a retry is billed once), or one was made for it
     data: dict  # validated StreamSynthesizeSerializer data
 
 
@@ -99,7 +100,9 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
     api_key = _authenticate(authorization)
     if wait := tenant_rate_wait(api_key):
         raise exceptions.Throttled(wait=wait)
-    session = SynthesisSession(api_key=api_key, request_id=utterance.request_id)
+    session = SynthesisSession(
+        api_key=api_key, request_id=utterance.request_id, named_by_client=utterance.named_by_client
+    )
     try:
         session.prepare(utterance.data)
     except ApiError as exc:
@@ -118,16 +121,6 @@ def _parse(text_data: str | None) -> dict:
     if not isinstance(message, dict):
         raise ApiError("malformed_request", "Each frame must be a JSON object with a 'type'.")
     return message
-
-
-def _request_id(message: dict) -> uuid.UUID:
-    raw = message.get("request_id")
-    if raw is None:
-        return uuid.uuid4()
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError:
-        raise ApiError("invalid_request_id", "request_id must be a UUID.") from None
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
@@ -173,13 +166,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     # --- the queue ------------------------------------------------------------------------------------------
     async def _enqueue(self, message: dict) -> None:
-        request_id = _request_id(message)
+        named = parse_request_id(message.get("request_id"), "request_id")
+        request_id = named or uuid.uuid4()
         serializer = StreamSynthesizeSerializer(data=message)
         try:
             serializer.is_valid(raise_exception=True)
         except exceptions.ValidationError as exc:
             # As in REST, a request refused for its fields still gets its usage row.
-            refused = SynthesisSession(api_key=self.api_key, request_id=request_id)
+            refused = SynthesisSession(api_key=self.api_key, request_id=request_id, named_by_client=named is not None)
             await database_sync_to_async(refused.close)(UsageRecord.Status.ERROR, error_code(exc))
             raise
         if len(self.queue) >= MAX_QUEUED:
@@ -187,7 +181,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "too_many_queued", f"At most {MAX_QUEUED} utterances may wait behind the one being spoken.",
                 status.HTTP_429_TOO_MANY_REQUESTS,
             )
-        self.queue.append(Utterance(request_id=request_id, data=serializer.validated_data))
+        self.queue.append(Utterance(request_id=request_id, named_by_client=named is not None,
+                                    data=serializer.validated_data))
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._serve_queue())
 

@@ -3,6 +3,9 @@
 `prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
 `stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
 """
+import hashlib
+import json
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +20,7 @@ from callwaiting.errors import ApiError
 from synthesis import audio, metrics, workers
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
-from synthesis.frontend import FrontendError, plain_text_segments, spoken_characters, ssml_segments
+from synthesis.frontend import FrontendError, Pause, plain_text_segments, spoken_characters, ssml_segments
 from tenants import selectors as tenant_selectors
 from tenants import services as tenant_services
 from tenants.models import ApiKey, UsageRecord
@@ -39,17 +42,39 @@ def _voice_language(voice: Voice, requested: str) -> str:
 
 
 _SLOT_TTL_SECONDS = 3600
+_IN_FLIGHT_TTL_SECONDS = 900  # a request id's claim outlives any request; a crashed process's claim lapses
 
 
 def _stream_slot_key(tenant_id: int) -> str:
     return f"tts:streams:{tenant_id}"
 
 
+def parse_request_id(raw, field: str) -> uuid.UUID | None:
+    """The client's own id for a request (None when it sent none), for billing a retry once."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise ApiError("invalid_request_id", f"{field} must be a UUID.") from None
+
+
+def request_fingerprint(data: dict) -> str:
+    """What a request asks for (all but how it is delivered): a reused request id must ask the same."""
+    asked = {name: value for name, value in data.items() if name != "streaming"}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class SynthesisSession:
-    def __init__(self, *, api_key: ApiKey, request_id: uuid.UUID | None = None):
+    def __init__(self, *, api_key: ApiKey, request_id: uuid.UUID | None = None, named_by_client: bool | None = None):
         self.api_key = api_key
         self.tenant = api_key.tenant
+        # The client named it (a retry must be billed once), unless the caller says the id was made for it.
+        self.client_request_id = request_id is not None if named_by_client is None else named_by_client
         self.request_id = request_id or uuid.uuid4()
+        self.fingerprint = ""
+        self._record_usage = True
+        self._in_flight_claimed = False
         self.started = time.perf_counter()
         self.voice_id = ""
         self.engine = ""
@@ -67,6 +92,7 @@ class SynthesisSession:
     def prepare(self, data: dict) -> None:
         """Validate the request against voice, language, engine, quota and concurrency. Raises ApiError."""
         self.voice_id, self.streaming, self.audio_format = data["voice_id"], data["streaming"], data["format"]
+        self.fingerprint = request_fingerprint(data)
         try:
             if data["ssml"].strip():
                 if len(data["ssml"]) > 4 * settings.TTS_MAX_TEXT_CHARS:
@@ -77,6 +103,14 @@ class SynthesisSession:
         except FrontendError as exc:
             raise ApiError(exc.code, exc.message) from None
         self.characters = spoken_characters(segments)
+        pause_seconds = sum(s.milliseconds for s in segments if isinstance(s, Pause)) / 1000
+        if pause_seconds > settings.TTS_MAX_AUDIO_SECONDS:
+            raise ApiError(
+                "audio_too_long",
+                f"The pauses alone make {pause_seconds:g} s of audio; a request may make at most "
+                f"{settings.TTS_MAX_AUDIO_SECONDS:g} s (TTS_MAX_AUDIO_SECONDS).",
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
         if self.characters == 0:
             raise ApiError("empty_text", "Nothing to say: text (or the text inside ssml) is empty.")
         if self.characters > settings.TTS_MAX_TEXT_CHARS:
@@ -99,11 +133,39 @@ class SynthesisSession:
         if not engine_state or not engine_state["available"]:
             reason = engine_state["reason"] if engine_state else f"engine {voice.engine!r} is not configured"
             raise ApiError("engine_unavailable", f"Voice '{voice.voice_id}' cannot be served now: {reason}", 503)
-        self._check_quota()
+        already_billed = self._claim_request_id()
+        if not already_billed:
+            self._check_quota()
         self._take_stream_slot()
         self.stream = WorkerStream(
             JobSpec(engine=voice.engine, language=self.language, voice_settings=voice.engine_settings, segments=segments)
         )
+
+    def _claim_request_id(self) -> bool:
+        """For an id the client chose: refuse its reuse for another request, a duplicate in flight, and a retry
+        past TTS_REQUEST_MAX_ATTEMPTS; True when this retries a request that was billed already."""
+        if not self.client_request_id:
+            return False
+        previous = tenant_selectors.usage_get_by_request_id(tenant=self.tenant, request_id=self.request_id)
+        refusal = None
+        if previous is not None and previous.request_fingerprint and previous.request_fingerprint != self.fingerprint:
+            refusal = ("request_id_conflict", f"Request id {self.request_id} was used for a different request; "
+                       "a retry must send the same request, anything else a new id.")
+        elif previous is not None and previous.attempts >= settings.TTS_REQUEST_MAX_ATTEMPTS:
+            # A retry is served again and billed once; past a few tries that would be free audio.
+            refusal = ("too_many_attempts", f"Request {self.request_id} was tried {previous.attempts} times, "
+                       "the most a request id may be; send a new id.")
+        elif not cache.add(self._in_flight_key, 1, timeout=_IN_FLIGHT_TTL_SECONDS):
+            refusal = ("request_in_progress", f"Request {self.request_id} is being served already.")
+        if refusal is not None:
+            self._record_usage = False  # the id names another request's row: leave it alone
+            raise ApiError(*refusal, status.HTTP_409_CONFLICT)
+        self._in_flight_claimed = True
+        return previous is not None and previous.status != UsageRecord.Status.ERROR
+
+    @property
+    def _in_flight_key(self) -> str:
+        return f"tts:request:{self.tenant.pk}:{self.request_id}"
 
     def _check_quota(self) -> None:
         quota = self.tenant.monthly_character_quota
@@ -142,10 +204,11 @@ class SynthesisSession:
         """Dispatch to a worker and wait for the first audio, so errors still get a proper status code."""
         try:
             first = await self.stream.start()
+            self._audio(first)
         except DispatchError as exc:
+            await self.stream.cancel()  # a no-op when dispatch failed; stops the job when we cut the audio
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
-        self._audio(first)
         return first
 
     @property
@@ -156,6 +219,13 @@ class SynthesisSession:
         if self.first_audio_at is None and chunk:
             self.first_audio_at = time.perf_counter()
         self.pcm_bytes += len(chunk)
+        if audio.pcm_seconds(self.pcm_bytes, self.sample_rate) > settings.TTS_MAX_AUDIO_SECONDS:
+            # Speech longer than the pauses let us foresee (very slow prosody): cut it, as a failure.
+            raise DispatchError(
+                "audio_too_long",
+                f"The request made more than {settings.TTS_MAX_AUDIO_SECONDS:g} s of audio (TTS_MAX_AUDIO_SECONDS).",
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
 
     # --- the audio ------------------------------------------------------------------------------------------
     async def stream_body(self, first: bytes) -> AsyncIterator[bytes]:
@@ -172,6 +242,7 @@ class SynthesisSession:
                 outcome, code = UsageRecord.Status.SUCCESS, ""
         except DispatchError as exc:
             outcome, code = UsageRecord.Status.ERROR, exc.code
+            await self.stream.cancel()  # a no-op when the worker failed; stops it when we cut the audio
             raise
         finally:
             if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
@@ -195,19 +266,31 @@ class SynthesisSession:
         finally:
             close_old_connections()
 
-    async def collect(self, first: bytes) -> bytes:
-        """The whole clip, for streaming=false."""
-        parts = [first]
+    async def collect(self, first: bytes):
+        """The whole clip, for streaming=false: a file positioned at its start, in memory while small and on
+        disk past TTS_RESPONSE_MEMORY_BYTES, so a long clip does not sit in the web process's memory."""
+        body = tempfile.SpooledTemporaryFile(max_size=settings.TTS_RESPONSE_MEMORY_BYTES)
+        header = audio.wav_header(sample_rate=self.sample_rate, data_bytes=0) if self.audio_format == "wav" else b""
+        body.write(header)
         try:
+            body.write(first)  # start() has counted it
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
-                parts.append(chunk)
+                body.write(chunk)
         except DispatchError as exc:
+            body.close()
+            await self.stream.cancel()
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
+        except BaseException:
+            body.close()
+            raise
         await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
-        pcm = b"".join(parts)
-        return audio.wav_file(pcm, sample_rate=self.sample_rate) if self.audio_format == "wav" else pcm
+        if header:
+            body.seek(0)
+            body.write(audio.wav_header(sample_rate=self.sample_rate, data_bytes=self.pcm_bytes))
+        body.seek(0)
+        return body
 
     # --- the end --------------------------------------------------------------------------------------------
     def close(self, outcome: str, error_code: str = "") -> None:
@@ -215,6 +298,8 @@ class SynthesisSession:
         if self._closed:
             return
         self._closed = True
+        if self._in_flight_claimed:
+            cache.delete(self._in_flight_key)
         if self._slot_held:
             key = _stream_slot_key(self.tenant.pk)
             try:
@@ -236,8 +321,11 @@ class SynthesisSession:
             metrics.REQUEST_DURATION.labels(engine).observe(total)
             if ttfa is not None:
                 metrics.TIME_TO_FIRST_AUDIO.labels(engine).observe(ttfa)
+        if not self._record_usage:
+            return
         tenant_services.usage_record(
             request_id=self.request_id,
+            request_fingerprint=self.fingerprint,
             tenant_id=self.tenant.pk,
             api_key_id=self.api_key.pk,
             voice_id=self.voice_id,

@@ -1,4 +1,3 @@
-import uuid
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -12,20 +11,9 @@ from rest_framework.views import APIView
 from callwaiting.errors import ApiError, error_code, exception_body
 from synthesis import metrics, workers
 from synthesis.serializers import SynthesizeSerializer
-from synthesis.services import SynthesisSession
+from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.models import UsageRecord
-
-
-def _request_id(request) -> uuid.UUID:
-    """Clients may send X-Request-ID (a UUID) so that a retried request is billed once."""
-    raw = request.headers.get("X-Request-ID")
-    if not raw:
-        return uuid.uuid4()
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ApiError("invalid_request_id", "X-Request-ID must be a UUID.") from None
 
 
 class SynthesizeView(TenantApiView):
@@ -44,7 +32,10 @@ class SynthesizeView(TenantApiView):
         session = None
         try:
             self.initial(drf_request)
-            session = SynthesisSession(api_key=drf_request.auth, request_id=_request_id(drf_request))
+            session = SynthesisSession(
+                api_key=drf_request.auth,
+                request_id=parse_request_id(drf_request.headers.get("X-Request-ID"), "X-Request-ID"),
+            )
             serializer = SynthesizeSerializer(data=drf_request.data)
             serializer.is_valid(raise_exception=True)
             session.prepare(serializer.validated_data)
@@ -60,6 +51,15 @@ class SynthesizeView(TenantApiView):
 def _error_response(exc: exceptions.APIException) -> JsonResponse:
     """The one error shape, answered from the event loop (no renderer needed for an ApiError)."""
     return JsonResponse(exception_body(exc), status=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _file_chunks(body, size: int = 64 * 1024):
+    """A collected clip (synthesis.services.SynthesisSession.collect), read out and closed."""
+    try:
+        while chunk := body.read(size):
+            yield chunk
+    finally:
+        body.close()
 
 
 async def synthesize(request):
@@ -84,7 +84,10 @@ async def synthesize(request):
         "Cache-Control": "no-store",
     }
     if not session.streaming:
-        return HttpResponse(body, content_type=content_type, headers=headers)
+        size = body.seek(0, 2)
+        body.seek(0)
+        return StreamingHttpResponse(_file_chunks(body), content_type=content_type,
+                                     headers={**headers, "Content-Length": str(size)})
     # However the exchange ends, an unfinished stream is cancelled and billed (see RequestCleanupMiddleware).
     cleanups = request.scope.get("callwaiting.cleanups")
     if cleanups is not None:

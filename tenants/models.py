@@ -90,14 +90,20 @@ class ApiKey(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One row per synthesis request; append-only, idempotent on request_id so a retry never double-bills."""
+    """One row per synthesis request. A client may name its request (X-Request-ID, or request_id on the
+    WebSocket) so that a retry is billed once: the id is the tenant's own, and a retry updates its row (the
+    best outcome of its attempts) instead of adding one."""
 
     class Status(models.TextChoices):
         SUCCESS = "success"
         ERROR = "error"
         CLIENT_DISCONNECTED = "client_disconnected"
 
-    request_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    request_id = models.UUIDField(default=uuid.uuid4)
+    request_fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of what was asked: a reused request id must ask the same."
+    )
+    attempts = models.PositiveIntegerField(default=1)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_records")
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records")
     voice_id = models.CharField(max_length=100, blank=True)
@@ -114,6 +120,7 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created")]
+        constraints = [models.UniqueConstraint(fields=["tenant", "request_id"], name="usage_request_id_per_tenant")]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.status}"

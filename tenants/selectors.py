@@ -34,6 +34,10 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey:
     return api_key
 
 
+def usage_get_by_request_id(*, tenant: Tenant, request_id) -> UsageRecord | None:
+    return UsageRecord.objects.filter(tenant=tenant, request_id=request_id).first()
+
+
 def month_start(now: datetime | None = None) -> datetime:
     now = now or timezone.now()
     return now.astimezone(dt_timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from tenants import keys
@@ -70,15 +70,23 @@ def api_key_mark_used(*, api_key: ApiKey) -> None:
         api_key.last_used_at = now
 
 
+# A retry keeps the best outcome of its attempts: a failure after a success must not unbill it.
+_OUTCOME_RANK = {UsageRecord.Status.ERROR: 0, UsageRecord.Status.CLIENT_DISCONNECTED: 1, UsageRecord.Status.SUCCESS: 2}
+
+
 def usage_record(*, request_id, tenant_id: int, api_key_id: int | None, **fields) -> UsageRecord:
-    """Write the request's usage row once; a second call with the same request id returns the first row."""
-    existing = UsageRecord.objects.filter(request_id=request_id).first()
-    if existing is not None:
-        return existing
-    try:
-        with transaction.atomic():
-            return UsageRecord.objects.create(
-                request_id=request_id, tenant_id=tenant_id, api_key_id=api_key_id, **fields
-            )
-    except IntegrityError:  # a concurrent retry won the race
-        return UsageRecord.objects.get(request_id=request_id)
+    """Write the request's usage row. A retry (the tenant's same request id) updates that row instead of adding
+    one, so it is billed once; the row keeps the best outcome of its attempts and counts them."""
+    with transaction.atomic():
+        row, created = UsageRecord.objects.select_for_update().get_or_create(
+            tenant_id=tenant_id, request_id=request_id, defaults={"api_key_id": api_key_id, **fields}
+        )
+        if created:
+            return row
+        row.attempts += 1
+        if _OUTCOME_RANK[fields["status"]] >= _OUTCOME_RANK[row.status]:
+            for name, value in {"api_key_id": api_key_id, **fields}.items():
+                if value or name != "request_fingerprint":  # an early refusal knows no fingerprint
+                    setattr(row, name, value)
+        row.save()
+        return row
