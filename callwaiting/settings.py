@@ -104,7 +104,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Write-ahead logging (set once in the file by migration tenants 0002) lets streaming responses write usage
     # rows while other requests read; a writer waits up to `timeout` seconds for another.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # IMMEDIATE transactions take the write lock when they begin: a transaction that reads and then writes
+    # (a retry updating its usage row) would otherwise fail at once with "database is locked" when another
+    # writer is active, instead of waiting its turn.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     # Tests reach the database from the ASGI handler's threads: an in-memory database would not be shared.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

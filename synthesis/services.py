@@ -49,6 +49,64 @@ def _stream_slot_key(tenant_id: int) -> str:
     return f"tts:streams:{tenant_id}"
 
 
+def _counter_incr(key: str) -> int:
+    """Counters of streams in flight live in the cache (Redis in production, shared by every web process).
+    One round trip in the usual case: made on first use, and their expiry is pushed back as streams end
+    (_counter_decr), so they lapse only after an hour without any change, which heals counts leaked by a
+    crashed process."""
+    try:
+        return cache.incr(key)
+    except ValueError:
+        cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
+        return cache.incr(key)
+
+
+def _counter_decr(key: str) -> int | None:
+    try:
+        left = cache.decr(key)
+        cache.touch(key, _SLOT_TTL_SECONDS)
+        return left
+    except ValueError:
+        return None  # expired meanwhile; nothing left to give back
+
+
+class _EngineShare:
+    """A tenant's share of an engine's worker capacity (the live workers' slots for it), so that one tenant's
+    burst cannot take the service from the others. While there is room anyone may go past their share; once
+    the engine is nearly full (all but a reserve of 1 slot in 8, from 8 slots up), a tenant above capacity / (tenants with
+    streams on it) is refused with 429 until its streams end, and the reserve lets a newcomer start at once."""
+
+    def __init__(self, tenant_id: int, engine: str):
+        self.tenant_key = f"tts:streams:{tenant_id}:{engine}"
+        self.total_key = f"tts:streams:engine:{engine}"
+        self.tenants_key = f"tts:stream-tenants:{engine}"
+        self.held = False
+
+    def take(self, capacity: int) -> tuple[int, int] | None:
+        """Count this stream in; None if admitted, else (streams the tenant has, its share)."""
+        mine = _counter_incr(self.tenant_key)
+        if mine == 1:
+            _counter_incr(self.tenants_key)
+        total = _counter_incr(self.total_key)
+        self.held = True
+        reserve = capacity // 8  # none below 8 slots: there a tenant alone may use them all
+        if total <= capacity - reserve:
+            return None
+        share = max(1, (capacity - reserve) // max(1, cache.get(self.tenants_key) or 1))
+        if mine <= share:
+            return None
+        self.release()
+        return mine - 1, share
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if _counter_decr(self.tenant_key) == 0:
+            _counter_decr(self.tenants_key)
+        _counter_decr(self.total_key)
+
+
 def parse_request_id(raw, field: str) -> uuid.UUID | None:
     """The client's own id for a request (None when it sent none), for billing a retry once."""
     if raw is None or raw == "":
@@ -136,7 +194,7 @@ class SynthesisSession:
         already_billed = self._claim_request_id()
         if not already_billed:
             self._check_quota()
-        self._take_stream_slot()
+        self._take_stream_slot(capacity=engine_state.get("capacity", 0))
         self.stream = WorkerStream(
             JobSpec(engine=voice.engine, language=self.language, voice_settings=voice.engine_settings, segments=segments)
         )
@@ -179,23 +237,26 @@ class SynthesisSession:
                 status.HTTP_402_PAYMENT_REQUIRED,
             )
 
-    def _take_stream_slot(self) -> None:
-        key = _stream_slot_key(self.tenant.pk)
-        # One cache round trip in the usual case (this is on the way to the first audio): the counter is made
-        # on first use, and its expiry is pushed back when a stream ends (close), so it lapses only after an
-        # hour without any stream starting or ending, which heals slots leaked by a crashed process.
-        try:
-            streams = cache.incr(key)
-        except ValueError:
-            cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
-            streams = cache.incr(key)
-        if streams > self.tenant.max_concurrent_streams:
-            cache.decr(key)
+    def _take_stream_slot(self, *, capacity: int) -> None:
+        if _counter_incr(_stream_slot_key(self.tenant.pk)) > self.tenant.max_concurrent_streams:
+            _counter_decr(_stream_slot_key(self.tenant.pk))
             raise ApiError(
                 "too_many_streams",
                 f"This tenant already has {self.tenant.max_concurrent_streams} streams in flight.",
                 status.HTTP_429_TOO_MANY_REQUESTS,
                 headers={"Retry-After": "1"},
+            )
+        self._share = _EngineShare(self.tenant.pk, self.engine)
+        over_share = self._share.take(capacity)
+        if over_share is not None:
+            _counter_decr(_stream_slot_key(self.tenant.pk))
+            streams, share = over_share
+            raise ApiError(
+                "too_many_streams",
+                f"The {self.engine!r} engine is busy: this tenant has {streams} of its {capacity} streams, more "
+                f"than its fair share of {share} while other tenants use it; retry when a stream ends.",
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": "2"},
             )
         self._slot_held = True
         metrics.ACTIVE_STREAMS.labels(self.engine).inc()
@@ -301,12 +362,8 @@ class SynthesisSession:
         if self._in_flight_claimed:
             cache.delete(self._in_flight_key)
         if self._slot_held:
-            key = _stream_slot_key(self.tenant.pk)
-            try:
-                cache.decr(key)
-                cache.touch(key, _SLOT_TTL_SECONDS)
-            except ValueError:
-                pass  # the counter expired meanwhile; nothing left to give back
+            _counter_decr(_stream_slot_key(self.tenant.pk))
+            self._share.release()
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None

@@ -62,7 +62,8 @@ def engine_availability() -> dict[str, dict]:
     for name in settings.TTS_ENGINES:
         serving = [w for w in workers if w["engines"].get(name, {}).get("available")]
         if serving:
-            out[name] = {**serving[0]["engines"][name], "workers": len(serving)}
+            capacity = sum(w.get("capacity", 0) for w in serving)
+            out[name] = {**serving[0]["engines"][name], "workers": len(serving), "capacity": capacity}
             continue
         reasons = {w["engines"][name]["reason"] for w in workers if name in w["engines"]}
         reason = "; ".join(sorted(reasons)) or f"no live model worker serves the {name!r} engine"

@@ -1,0 +1,70 @@
+"""Worker capacity is shared fairly between tenants: one tenant's burst cannot take the service."""
+import asyncio
+import threading
+
+import pytest
+
+from synthesis.engines.espeak import EspeakEngine
+from tests.asgi import AsgiClient
+from tests.factories import TenantFactory, issue_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def held_streams(monkeypatch):
+    """Every eSpeak call holds after its first chunk until released (eSpeak speaks one call at a time, so the
+    worker's other jobs wait for it meanwhile, each in its slot)."""
+    state = {"release": threading.Event()}
+    original = EspeakEngine.synthesize
+
+    def synthesize(self, *, emit, **kwargs):
+        first = [True]
+
+        def held(chunk):
+            keep = emit(chunk)
+            if first[0]:
+                first[0] = False
+                state["release"].wait(20)
+            return keep
+
+        return original(self, emit=held, **kwargs)
+
+    monkeypatch.setattr(EspeakEngine, "synthesize", synthesize)
+    return state
+
+
+async def _until(condition, timeout=20):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "the state never came"
+        await asyncio.sleep(0.01)
+
+
+def test_a_tenant_over_its_share_gets_429_and_another_tenant_is_served_at_once(live_voices, settings, held_streams):
+    from synthesis.worker import ensure_embedded_worker
+
+    settings.TTS_WORKER_CAPACITY = 8  # the embedded worker's slots: the engine's whole capacity here
+    hog = AsgiClient(key=issue_key(TenantFactory(max_concurrent_streams=50)))
+    other = AsgiClient(key=issue_key(TenantFactory()))
+
+    async def scenario():
+        worker = ensure_embedded_worker()
+        burst = [asyncio.create_task(hog.post("/v1/synthesize", json={"text": f"Call number {n}."}))
+                 for n in range(12)]
+        # All but a reserve slot go to the hog while it is alone; its streams past that are refused at once.
+        await _until(lambda: worker.describe()["load"] == 7 and sum(task.done() for task in burst) == 5)
+        newcomer = asyncio.create_task(other.post("/v1/synthesize", json={"text": "My turn, please."}))
+        await _until(lambda: worker.describe()["load"] == 8)  # taken from the reserve, not queued behind the hog
+        more = await hog.post("/v1/synthesize", json={"text": "And another."})
+        held_streams["release"].set()
+        return await asyncio.gather(*burst), await newcomer, more
+
+    burst, newcomer, more = asyncio.run(scenario())
+    assert sorted(response.status for response in burst) == [200] * 7 + [429] * 5
+    for refused in (response for response in [*burst, more] if response.status != 200):
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert "fair share" in refused.json()["error"]["message"] and refused.headers["retry-after"]
+    assert more.status == 429
+    assert newcomer.status == 200 and newcomer.complete
