@@ -15,6 +15,8 @@ from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
 from tenants.api import TenantApiView
 from tenants.models import UsageRecord
+from tenants.authentication import OperatorAuthentication
+from tenants.permissions import IsOperator
 
 
 def _request_id(request) -> uuid.UUID:
@@ -137,10 +139,13 @@ class HealthView(APIView):
         return Response(body, status=503 if overall == "unhealthy" else 200)
 
 
-class MetricsView(TenantApiView):
-    """GET /v1/metrics: Prometheus text format; admin scope."""
+class MetricsView(APIView):
+    """GET /v1/metrics: Prometheus text format, the counters of every tenant together: for operators only
+    (IsOperator), never for a tenant's key; a tenant's own numbers are at /v1/tenant/stats."""
 
-    required_scope = "admin"
+    authentication_classes = [OperatorAuthentication]
+    permission_classes = [IsOperator]
+    throttle_classes: list = []
 
     def get(self, request):
         return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

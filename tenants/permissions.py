@@ -23,3 +23,27 @@ class HasScope(permissions.BasePermission):
         if scope:
             require_scope(api_key, scope)
         return True
+
+
+class IsOperator(permissions.BasePermission):
+    """Service-wide data (all tenants at once) is for the people who run the service, never for a tenant;
+    with OperatorAuthentication: the METRICS_TOKEN bearer token or a staff session. A tenant's API key,
+    whatever its scopes, gets 403 operator_only pointing at its own numbers; no credential at all gets 401."""
+
+    def has_permission(self, request, view):
+        from tenants.authentication import OPERATOR_TOKEN, STAFF_SESSION
+
+        if request.auth in (OPERATOR_TOKEN, STAFF_SESSION):
+            return True
+        if request.META.get("HTTP_AUTHORIZATION") or request.user is not None:
+            raise ApiError(
+                "operator_only",
+                f"{request.path} shows the whole service and is for its operators (Authorization: Bearer "
+                "<METRICS_TOKEN>, or a staff session); a tenant's own usage is at /v1/tenant/stats.",
+                status.HTTP_403_FORBIDDEN,
+            )
+        raise ApiError(
+            "authentication_required",
+            f"{request.path} needs an operator credential: Authorization: Bearer <METRICS_TOKEN>, or a staff session.",
+            status.HTTP_401_UNAUTHORIZED,
+        )
