@@ -94,6 +94,11 @@ async def synthesize(request):
     return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 
+# The view class this function serves, as Django's as_view() records it: what the URL walk in
+# tests/tenants/test_api.py reads to see that /v1/synthesize is tenant-scoped (SynthesizeView's checks).
+synthesize.view_class = SynthesizeView
+
+
 # What /v1/health shows of each live worker's heartbeat.
 _WORKER_FIELDS = (
     "worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",

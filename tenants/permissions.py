@@ -4,6 +4,15 @@ from callwaiting.errors import ApiError
 from tenants.models import ApiKey
 
 
+class _AnyScope:
+    def __repr__(self) -> str:
+        return "ANY_SCOPE"
+
+
+# required_scope of a tenant view that any valid key of the tenant may call (its own usage stats, say).
+ANY_SCOPE = _AnyScope()
+
+
 def require_scope(api_key: ApiKey, scope: str) -> None:
     """403 missing_scope unless the key carries `scope`; shared by DRF views and the WebSocket API."""
     if not api_key.has_scope(scope):
@@ -11,7 +20,8 @@ def require_scope(api_key: ApiKey, scope: str) -> None:
 
 
 class HasScope(permissions.BasePermission):
-    """The view names `required_scope` (or one per HTTP method); a key without it gets 403 missing_scope."""
+    """The view names `required_scope` (or one per HTTP method; HEAD is GET's), or ANY_SCOPE; a key without
+    the scope gets 403 missing_scope. TenantApiView makes every subclass declare it."""
 
     def has_permission(self, request, view):
         api_key = request.auth
@@ -19,8 +29,8 @@ class HasScope(permissions.BasePermission):
             raise exceptions.NotAuthenticated("An API key is required: Authorization: Bearer <api_key>.")
         scope = getattr(view, "required_scope", None)
         if isinstance(scope, dict):  # per HTTP method
-            scope = scope.get(request.method)
-        if scope:
+            scope = scope.get("GET" if request.method == "HEAD" else request.method, ANY_SCOPE)  # others: 405/OPTIONS
+        if scope is not ANY_SCOPE:
             require_scope(api_key, scope)
         return True
 

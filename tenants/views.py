@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
 from tenants import selectors
-from tenants.api import TenantApiView
+from tenants.api import ANY_SCOPE, TenantApiView
 
 MAX_STATS_DAYS = 366
 
@@ -62,6 +62,8 @@ def stats_period(params) -> tuple[datetime, datetime]:
 
 class TenantStatsView(TenantApiView):
     """GET /v1/tenant/stats?start=YYYY-MM-DD&end=YYYY-MM-DD (or ?days=N): usage aggregates for the caller."""
+
+    required_scope = ANY_SCOPE  # any key of the tenant may read the tenant's own usage
 
     def get(self, request):
         start, end = stats_period(request.query_params)
