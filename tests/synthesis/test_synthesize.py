@@ -190,6 +190,12 @@ def test_hostile_values_are_a_400_never_a_500(asgi, fields, code):
     assert _usage(request_id).error_code == code
 
 
+def test_json_nested_too_deeply_is_malformed_not_a_500(asgi):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        response = asgi.run(asgi.post, "/v1/synthesize", body=body, content_type="application/json")
+        assert response.status == 400 and _error_code(response) == "malformed_request"
+
+
 def test_malformed_json_and_unsupported_content_type(asgi):
     malformed = asgi.run(asgi.post, "/v1/synthesize", body=b'{"text": "hi",', content_type="application/json")
     assert malformed.status == 400 and _error_code(malformed) == "malformed_request"

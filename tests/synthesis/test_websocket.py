@@ -276,6 +276,10 @@ def test_hostile_values_get_4400_never_4500(key, fields, code):
     assert _usage(request_id).error_code == code
 
 
+def test_a_frame_nested_too_deeply_gets_4400(key):
+    assert run(_refused, key, 4400, "[" * 100_000 + "]" * 100_000) == "malformed_request"
+
+
 def test_a_nan_speed_in_json_gets_4400(key):
     frame = '{"type": "synthesize", "text": "hi", "speed": NaN}'  # Python's json module reads NaN
     assert run(_refused, key, 4400, frame) == "invalid_request"
