@@ -14,8 +14,8 @@ from synthesis import metrics, workers
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
 from tenants.api import TenantApiView
-from tenants.models import UsageRecord
 from tenants.authentication import OperatorAuthentication
+from tenants.models import UsageRecord
 from tenants.permissions import IsOperator
 
 
