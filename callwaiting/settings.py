@@ -38,6 +38,10 @@ def env_list(name: str, default: str) -> list[str]:
 DEBUG = env_bool("DEBUG", False)
 # The embedded default is only for a laptop; production sets SECRET_KEY from a secret store.
 SECRET_KEY = os.environ.get("SECRET_KEY") or "embedded-insecure-key-set-SECRET_KEY-in-production"
+# The operator credential for GET /v1/metrics (Prometheus): `Authorization: Bearer <METRICS_TOKEN>`. Unset: only
+# a Django staff session reads the metrics. Compared in constant time, never logged (Django's error reports
+# mask settings named *TOKEN*).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 # Behind a TLS-terminating proxy or ingress: the origins forms are posted from (admin, portal), and whether to
 # trust its X-Forwarded-Proto header.
@@ -199,7 +203,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.TenantRateThrottle"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "callwaiting.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],

@@ -118,6 +118,8 @@ def _parse(text_data: str | None) -> dict:
         message = json.loads(text_data)
     except ValueError as exc:
         raise ApiError("malformed_request", f"The frame is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise ApiError("malformed_request", "The frame is not valid JSON: nested too deeply.") from None
     if not isinstance(message, dict):
         raise ApiError("malformed_request", "Each frame must be a JSON object with a 'type'.")
     return message

@@ -4,6 +4,7 @@ A segment is either speech (plain text with prosody) or a pause. SSML support fo
 product needs it: <speak>, <p>, <s>, <break>, <prosody>, <emphasis>, <say-as>, <sub>, <phoneme>. Text inside
 elements we do not interpret is still spoken, as SSML processors are expected to do.
 """
+import math
 import re
 import textwrap
 import xml.etree.ElementTree as ET
@@ -33,6 +34,17 @@ class Pause:
 Segment = Speech | Pause
 
 MAX_BREAK_MS = 10_000
+# Silence one request may ask for in all (breaks, paragraphs, sentences): a thousand 10 s breaks between single
+# letters fit in the markup limit and would be hours of audio rendered for a few characters.
+MAX_TOTAL_PAUSE_MS = 120_000
+# Elements nested deeper than this are refused before anything walks them (real SSML nests a handful deep).
+MAX_SSML_DEPTH = 50
+# What one <prosody> attribute may ask for, as a multiplier of the enclosing value. Nested elements multiply,
+# and the result is kept within the same bounds (SSML lets a processor clamp what it cannot render).
+RATE_RANGE = (0.2, 5.0)  # 20% to 500% of the speaking rate
+PITCH_RANGE = (0.25, 4.0)  # 25% to 400% of the pitch
+VOLUME_DB_RANGE = (-60.0, 12.0)  # -60 dB (near silent) to +12 dB (four times louder)
+VOLUME_RANGE = (0.0, 10 ** (VOLUME_DB_RANGE[1] / 20))
 _BREAK_STRENGTH_MS = {"none": 0, "x-weak": 100, "weak": 200, "medium": 400, "strong": 700, "x-strong": 1000}
 _PARAGRAPH_PAUSE_MS = 500
 _SENTENCE_PAUSE_MS = 250
@@ -72,22 +84,52 @@ def _duration_ms(value: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", value or "")
     if not match:
         raise FrontendError("invalid_ssml", f"<break time={value!r}>: expected a duration such as '500ms' or '1.5s'")
-    amount = float(match.group(1)) * (1000 if match.group(2) == "s" else 1)
-    return min(int(amount), MAX_BREAK_MS)
+    amount = float(match.group(1)) * (1000 if match.group(2) == "s" else 1)  # inf for absurdly long digit strings
+    if not amount <= MAX_BREAK_MS:
+        raise FrontendError(
+            "invalid_ssml", f"<break time={value.strip()[:40]!r}> is too long: a break lasts at most {MAX_BREAK_MS // 1000}s"
+        )
+    return int(amount)
 
 
-def _relative(value: str, words: dict[str, float], attribute: str, *, decibels: bool = False) -> float:
-    """An SSML prosody value as a multiplier: a keyword, 'N%', '+N%'/'-N%', or '+NdB' for volume."""
-    value = (value or "").strip().lower()
+def _percent(amount: float) -> str:
+    return f"{amount * 100:g}%"
+
+
+def _relative(value: str, words: dict[str, float], attribute: str, bounds: tuple[float, float], *,
+              decibels: bool = False) -> float:
+    """An SSML prosody value as a multiplier: a keyword, 'N%', '+N%'/'-N%', or '+NdB' for volume; one outside
+    `bounds` (or, for decibels, VOLUME_DB_RANGE) is refused with the range it must be in."""
+    raw = (value or "").strip()
+    shown = raw if len(raw) <= 40 else f"{raw[:40]}..."
+    value = raw.lower()
     if value in words:
         return words[value]
+    low, high = bounds
     if decibels and (match := re.fullmatch(r"([+-]?\d+(?:\.\d+)?)db", value)):
-        return 10 ** (float(match.group(1)) / 20)
+        db = float(match.group(1))
+        if not VOLUME_DB_RANGE[0] <= db <= VOLUME_DB_RANGE[1]:
+            raise FrontendError(
+                "invalid_ssml",
+                f"<prosody {attribute}={shown!r}> is out of range: from {VOLUME_DB_RANGE[0]:+g}dB to {VOLUME_DB_RANGE[1]:+g}dB",
+            )
+        return 10 ** (db / 20)
     match = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)%", value)
     if match:
-        sign, amount = match.group(1), float(match.group(2)) / 100
-        return {"+": 1 + amount, "-": max(0.0, 1 - amount)}.get(sign, amount)
-    raise FrontendError("invalid_ssml", f"<prosody {attribute}={value!r}> is not a value this service understands")
+        sign, amount = match.group(1), float(match.group(2)) / 100  # inf for absurdly long digit strings
+        multiplier = {"+": 1 + amount, "-": 1 - amount}.get(sign, amount)
+        if not (math.isfinite(multiplier) and low <= multiplier <= high):
+            raise FrontendError(
+                "invalid_ssml",
+                f"<prosody {attribute}={shown!r}> is out of range: from {_percent(low)} to {_percent(high)} of normal "
+                f"(relative: {_percent(low - 1)} to +{_percent(high - 1)})",
+            )
+        return multiplier
+    raise FrontendError("invalid_ssml", f"<prosody {attribute}={shown!r}> is not a value this service understands")
+
+
+def _clamp(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
 
 
 def _local(tag) -> str:
@@ -135,15 +177,24 @@ class _SsmlWalker:
             attrs = element.attrib
             inner = replace(
                 prosody,
-                rate=prosody.rate * _relative(attrs["rate"], _RATE_WORDS, "rate") if "rate" in attrs else prosody.rate,
-                pitch=prosody.pitch * _relative(attrs["pitch"], _PITCH_WORDS, "pitch") if "pitch" in attrs else prosody.pitch,
-                volume=prosody.volume * _relative(attrs["volume"], _VOLUME_WORDS, "volume", decibels=True)
+                rate=_clamp(prosody.rate * _relative(attrs["rate"], _RATE_WORDS, "rate", RATE_RANGE), RATE_RANGE)
+                if "rate" in attrs
+                else prosody.rate,
+                pitch=_clamp(prosody.pitch * _relative(attrs["pitch"], _PITCH_WORDS, "pitch", PITCH_RANGE), PITCH_RANGE)
+                if "pitch" in attrs
+                else prosody.pitch,
+                volume=_clamp(
+                    prosody.volume * _relative(attrs["volume"], _VOLUME_WORDS, "volume", VOLUME_RANGE, decibels=True),
+                    VOLUME_RANGE,
+                )
                 if "volume" in attrs
                 else prosody.volume,
             )
         elif tag == "emphasis":
             rate, volume = _EMPHASIS.get(element.attrib.get("level", "moderate"), _EMPHASIS["moderate"])
-            inner = replace(prosody, rate=prosody.rate * rate, volume=prosody.volume * volume)
+            inner = replace(
+                prosody, rate=_clamp(prosody.rate * rate, RATE_RANGE), volume=_clamp(prosody.volume * volume, VOLUME_RANGE)
+            )
         structural_pause = {"p": _PARAGRAPH_PAUSE_MS, "s": _SENTENCE_PAUSE_MS}.get(tag, 0)
         if structural_pause and self.segments:
             self.pause(structural_pause)
@@ -158,15 +209,41 @@ class _SsmlWalker:
             self.speak(element.tail, prosody)
 
 
+class _DepthLimitedBuilder(ET.TreeBuilder):
+    """Builds the tree and refuses, while parsing, elements nested deeper than MAX_SSML_DEPTH: the walk below
+    recurses once per level, so depth must be bounded before it starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth = 0
+
+    def start(self, tag, attrs):
+        self.depth += 1
+        if self.depth > MAX_SSML_DEPTH:
+            raise FrontendError("invalid_ssml", f"SSML elements may be nested at most {MAX_SSML_DEPTH} deep")
+        return super().start(tag, attrs)
+
+    def end(self, tag):
+        self.depth -= 1
+        return super().end(tag)
+
+
 def ssml_segments(ssml: str, speed: float = 1.0) -> list[Segment]:
     if "<!DOCTYPE" in ssml.upper() or "<!ENTITY" in ssml.upper():
         raise FrontendError("invalid_ssml", "SSML must not contain a DOCTYPE or entity declarations")
+    parser = ET.XMLParser(target=_DepthLimitedBuilder())
     try:
-        root = ET.fromstring(ssml.strip())
+        parser.feed(ssml.strip())
+        root = parser.close()
     except ET.ParseError as exc:
         raise FrontendError("invalid_ssml", f"SSML is not well-formed XML: {exc}") from None
     if _local(root.tag) != "speak":
         raise FrontendError("invalid_ssml", "SSML must have <speak> as its root element")
     walker = _SsmlWalker(speed)
     walker.walk(root, walker.base)
+    silence = sum(segment.milliseconds for segment in walker.segments if isinstance(segment, Pause))
+    if silence > MAX_TOTAL_PAUSE_MS:
+        raise FrontendError(
+            "invalid_ssml", f"SSML asks for {silence / 1000:g}s of pauses in all; at most {MAX_TOTAL_PAUSE_MS // 1000}s"
+        )
     return walker.segments

@@ -79,7 +79,9 @@ class _AudioBuffer:
         self._ended = False
         self._condition = threading.Condition()
         self._ready = asyncio.Event()
-        self.engine_waiting = False  # the engine thread is paused until the sender catches up
+        # The engine thread is paused until the sender catches up: True only while the buffer is at its high-water
+        # mark and the engine waits for room (cleared by the take that makes room, under the lock).
+        self.engine_waiting = False
 
     # engine thread
     def put(self, chunk: bytes) -> None:
@@ -117,6 +119,10 @@ class _AudioBuffer:
                         parts.append(self._chunks.popleft())
                         size += len(parts[-1])
                     self._size -= size
+                    if self._size < _BUFFER_HIGH_WATER:
+                        # Room for the engine: it is no longer paused from here on, whenever its thread runs
+                        # again, so engines_paused never reports an engine that is about to render more.
+                        self.engine_waiting = False
                     self._condition.notify_all()
                     return b"".join(parts), self._ended and not self._chunks
                 if self._ended:

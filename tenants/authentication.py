@@ -1,9 +1,10 @@
-"""`Authorization: Bearer sk_...` for DRF views."""
+"""`Authorization: Bearer sk_...` for DRF views, and the operator credential for service-wide endpoints."""
 from dataclasses import dataclass
 
 from rest_framework import authentication, exceptions
 
 from tenants import selectors, services
+from tenants.keys import operator_token_matches
 from tenants.models import ApiKey, Tenant
 
 
@@ -49,3 +50,22 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+OPERATOR_TOKEN, STAFF_SESSION = "metrics_token", "staff_session"  # request.auth of an operator
+
+
+class OperatorAuthentication(authentication.BaseAuthentication):
+    """An operator, for endpoints about the whole service (IsOperator): `Authorization: Bearer <METRICS_TOKEN>`
+    (request.auth OPERATOR_TOKEN) or a Django staff session (request.auth STAFF_SESSION). Any other session
+    user comes through with request.auth None, so that IsOperator can tell "not yours" (403) from "nobody"
+    (401). Tenant API keys are never looked up here: they do not open these endpoints."""
+
+    def authenticate(self, request):
+        scheme, _, credential = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and operator_token_matches(credential.strip()):
+            return None, OPERATOR_TOKEN
+        user = getattr(request._request, "user", None)  # Django's session user (AuthenticationMiddleware)
+        if user is None or not user.is_authenticated or not user.is_active:
+            return None
+        return user, STAFF_SESSION if user.is_staff else None

@@ -12,6 +12,8 @@ import secrets
 import string
 from dataclasses import dataclass
 
+from django.conf import settings
+
 KINDS = ("prod", "test", "admin")
 LOOKUP_LENGTH = 12
 SECRET_LENGTH = 32
@@ -50,3 +52,12 @@ def hash_secret(secret: str) -> str:
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def operator_token_matches(presented: str) -> bool:
+    """Whether `presented` is the operator token (settings.METRICS_TOKEN). Digests of equal length compared in
+    constant time, so neither the token's content nor its length leaks through timing."""
+    expected = settings.METRICS_TOKEN
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest())

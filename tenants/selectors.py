@@ -1,7 +1,7 @@
 """Reads over tenants, keys and usage."""
 from datetime import datetime, timedelta, timezone as dt_timezone
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Avg, Count, Max, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -65,6 +65,8 @@ def _usage_aggregates() -> dict:
         audio_seconds=Sum("audio_seconds"),
         errors=Count("id", filter=Q(status=UsageRecord.Status.ERROR)),
         disconnects=Count("id", filter=Q(status=UsageRecord.Status.CLIENT_DISCONNECTED)),
+        ttfa_avg=Avg("time_to_first_audio_ms"),
+        ttfa_max=Max("time_to_first_audio_ms"),
     )
 
 
@@ -75,6 +77,11 @@ def _clean(row: dict) -> dict:
         "audio_seconds": round(row["audio_seconds"] or 0.0, 3),
         "errors": row["errors"] or 0,
         "client_disconnects": row["disconnects"] or 0,
+        # The tenant's own latency (what /v1/metrics shows operators across all tenants).
+        "time_to_first_audio_ms": {
+            "avg": round(row["ttfa_avg"], 2) if row["ttfa_avg"] is not None else None,
+            "max": round(row["ttfa_max"], 2) if row["ttfa_max"] is not None else None,
+        },
     }
 
 
@@ -96,6 +103,13 @@ def tenant_usage_stats(*, tenant: Tenant, start: datetime, end: datetime) -> dic
         "totals": _clean(rows.aggregate(**aggregates)),
         "by_day": [{"date": row["day"].isoformat(), **_clean(row)} for row in by_day],
         "by_voice": [{"voice_id": row["voice_id"], **_clean(row)} for row in by_voice],
+        "errors_by_code": {
+            row["error_code"]: row["count"]
+            for row in rows.filter(status=UsageRecord.Status.ERROR)
+            .values("error_code")
+            .annotate(count=Count("id"))
+            .order_by("error_code")
+        },
         "quota": {
             "monthly_characters": quota,
             "used_this_month": tenant_characters_this_month(tenant=tenant),

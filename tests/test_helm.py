@@ -63,6 +63,7 @@ SCENARIOS = {
 }
 CREDENTIALS = [
     "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "METRICS_TOKEN",
 ]
 APP_COMPONENTS = ["web", "worker", "celery", "celery-beat", "migrate"]
 
@@ -290,6 +291,14 @@ def test_credentials_reach_the_pods_from_a_secret_never_from_a_configmap(scenari
     for config_map in find(docs, "ConfigMap"):
         assert not set(config_map["data"]) & set(CREDENTIALS)
         assert SECRET_KEY not in yaml.safe_dump(config_map)
+
+
+def test_the_metrics_token_goes_to_the_web_pods_through_the_secret_only():
+    docs = render({**REQUIRED, "metricsToken": "m3tricsT0ken"})
+    assert secret_data(docs)["METRICS_TOKEN"] == "m3tricsT0ken"
+    assert effective_env(container(docs, "web"), docs)["METRICS_TOKEN"] == ("secret", FULLNAME, "METRICS_TOKEN")
+    assert "m3tricsT0ken" not in yaml.safe_dump_all([doc for doc in docs if doc["kind"] != "Secret"])
+    assert "METRICS_TOKEN" not in secret_data(render(REQUIRED))  # unset: only staff sessions read the metrics
 
 
 def test_the_secret_holds_the_bundled_services_urls():

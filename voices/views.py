@@ -1,9 +1,10 @@
 from django.conf import settings
 from rest_framework import status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
+from callwaiting.parsers import JSONParser
 from synthesis.workers import engine_availability
 from tenants.api import TenantApiView
 from voices import services

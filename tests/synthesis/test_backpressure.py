@@ -2,12 +2,16 @@
 worker (its engine pauses between sentences, holding no lock) instead of the worker racing ahead and the audio
 piling up in between; other streams on the same worker go on."""
 import asyncio
+import threading
+import time
 
 from asgiref.sync import async_to_sync
 
+from synthesis import workers
+
 from synthesis.dispatch import JobSpec, WorkerStream
 from synthesis.frontend import plain_text_segments
-from synthesis.worker import ensure_embedded_worker
+from synthesis.worker import _AudioBuffer, ensure_embedded_worker
 
 # Well over a minute of speech: hundreds of 100 ms chunks if nothing held the engine back.
 LONG_TEXT = " ".join(f"This is sentence number {n} of a long answer that nobody is listening to." for n in range(60))
@@ -30,6 +34,21 @@ async def _until(condition, timeout=10.0):
         await asyncio.sleep(0.01)
 
 
+def _parked(report: dict) -> bool:
+    """One report of the worker in which its one stream is parked: the sender waits for credit (only the client
+    reading gives it) and the engine waits for room in the buffer (only the sender taking audio makes it)."""
+    return report["waiting_for_client"] == 1 and report["engines_paused"] == 1
+
+
+async def _next_heartbeat(worker, after: float) -> dict:
+    """The first heartbeat the worker publishes after `after` (its heartbeat_at)."""
+    def beat() -> dict | None:
+        return next((info for info in workers.live_workers() if info["worker_id"] == worker.worker_id), None)
+
+    await _until(lambda: (info := beat()) is not None and info["heartbeat_at"] > after)
+    return beat()
+
+
 def test_a_stalled_reader_stops_the_engine_and_loses_nothing(live_voices, engine_tap, settings):
     settings.TTS_STREAM_WINDOW = 4
 
@@ -37,10 +56,13 @@ def test_a_stalled_reader_stops_the_engine_and_loses_nothing(live_voices, engine
         stream = _stream()
         first = await stream.start()
         worker = ensure_embedded_worker()
-        await _until(lambda: worker.describe()["waiting_for_client"] == 1)
-        await _until(lambda: worker.describe()["engines_paused"] == 1)  # paused between sentences, no lock held
+        await _until(lambda: _parked(worker.describe()))  # both in the same report: a state that cannot move
         emitted_while_stalled = len(engine_tap.pcm)
-        await asyncio.sleep(0.3)  # the engine would render several sentences in this time if nothing held it
+        # Two heartbeats later, the worker still reports the stream parked, and the engine rendered nothing
+        # more: it stays stopped for as long as the reader does not read (no timing involved).
+        beat = await _next_heartbeat(worker, after=time.time())
+        beat = await _next_heartbeat(worker, after=beat["heartbeat_at"])
+        assert _parked(beat) and beat["load"] == 1
         assert len(engine_tap.pcm) == emitted_while_stalled
         rest = [chunk async for chunk in stream.chunks()]
         return first + b"".join(rest), emitted_while_stalled
@@ -52,6 +74,35 @@ def test_a_stalled_reader_stops_the_engine_and_loses_nothing(live_voices, engine
     assert emitted_while_stalled <= (1 + 4) * MAX_MESSAGE_BYTES + BUFFER_HIGH_WATER + longest_sentence
     assert len(engine_tap.pcm) > 10 * emitted_while_stalled  # the clip really was much longer
     assert pcm == engine_tap.pcm  # resuming delivers every sample, in order
+
+
+def _until_sync(condition, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def test_the_engine_is_reported_paused_only_while_it_cannot_render():
+    """engines_paused must not count an engine the sender has just made room for: the flag goes with the room,
+    not with the engine thread waking up (on a busy machine that can come much later, and the engine then
+    renders another sentence)."""
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = _AudioBuffer(loop)
+        buffer.put(b"\0" * MAX_MESSAGE_BYTES)
+        buffer.put(b"\0" * MAX_MESSAGE_BYTES)  # at the high-water mark: the engine must wait
+        engine = threading.Thread(target=buffer.wait_for_room, args=(threading.Event(),))
+        engine.start()
+        _until_sync(lambda: buffer.engine_waiting)
+        with buffer._condition:  # while this is held, the engine thread cannot get out of its wait
+            chunk, ended = loop.run_until_complete(buffer.take())
+            assert len(chunk) == MAX_MESSAGE_BYTES and not ended
+            assert buffer.engine_waiting is False  # room was made: not paused any more, though not yet running
+        engine.join(10)
+        assert not engine.is_alive() and buffer.engine_waiting is False
+    finally:
+        loop.close()
 
 
 def test_a_stalled_reader_parks_only_its_own_stream(live_voices, engine_tap, settings):

@@ -1,7 +1,7 @@
 import pytest
 
 from synthesis.engines.base import Prosody
-from synthesis.frontend import FrontendError, Pause, Speech, plain_text_segments, spoken_characters, ssml_segments
+from synthesis.frontend import MAX_SSML_DEPTH, FrontendError, Pause, Speech, plain_text_segments, spoken_characters, ssml_segments
 
 
 def test_plain_text_is_one_stretch_of_speech_with_whitespace_tidied():
@@ -15,8 +15,47 @@ def test_breaks_by_time_and_strength():
     assert segments == [Speech("A"), Pause(1500), Speech("B"), Pause(200), Speech("C"), Pause(400), Speech("D")]
 
 
-def test_breaks_are_capped():
-    assert ssml_segments('<speak>A<break time="90s"/>B</speak>')[1] == Pause(10_000)
+def test_breaks_up_to_ten_seconds_and_longer_ones_are_refused_with_the_limit():
+    assert ssml_segments('<speak>A<break time="10s"/>B</speak>')[1] == Pause(10_000)
+    with pytest.raises(FrontendError, match="at most 10s"):
+        ssml_segments('<speak>A<break time="10001ms"/>B</speak>')
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "allowed"),
+    [
+        ("rate", "+401%", "from 20% to 500%"),
+        ("rate", "19%", "from 20% to 500%"),
+        ("rate", "-100%", "from 20% to 500%"),
+        ("pitch", "+301%", "from 25% to 400%"),
+        ("volume", "+13dB", "from -60dB to +12dB"),
+        ("volume", "-61dB", "from -60dB to +12dB"),
+        ("volume", "+" + "9" * 400 + "dB", "from -60dB to +12dB"),
+    ],
+)
+def test_prosody_values_out_of_range_are_refused_with_the_range(attribute, value, allowed):
+    with pytest.raises(FrontendError) as raised:
+        ssml_segments(f'<speak><prosody {attribute}="{value}">x</prosody></speak>')
+    assert raised.value.code == "invalid_ssml" and allowed in raised.value.message and attribute in raised.value.message
+
+
+def test_prosody_at_its_limits_is_accepted_and_nesting_stays_within_them():
+    edge = ssml_segments('<speak><prosody rate="500%" pitch="25%" volume="+12dB">x</prosody></speak>')[0].prosody
+    assert (edge.rate, edge.pitch) == (5.0, 0.25) and edge.volume == pytest.approx(3.98, abs=0.01)
+    nested = '<speak>' + '<prosody rate="x-fast" volume="loud">' * 20 + "x" + "</prosody>" * 20 + "</speak>"
+    assert ssml_segments(nested)[0].prosody == Prosody(rate=5.0, volume=pytest.approx(3.98, abs=0.01))
+
+
+def test_pauses_in_all_are_bounded():
+    assert ssml_segments("<speak>" + 'a<break time="10s"/>' * 12 + "</speak>")  # two minutes
+    with pytest.raises(FrontendError, match="130s of pauses in all; at most 120s"):
+        ssml_segments("<speak>" + 'a<break time="10s"/>' * 13 + "</speak>")
+
+
+def test_nesting_is_bounded_before_the_walk():
+    assert ssml_segments("<speak>" + "<s>" * (MAX_SSML_DEPTH - 1) + "ok" + "</s>" * (MAX_SSML_DEPTH - 1) + "</speak>")
+    with pytest.raises(FrontendError, match=f"at most {MAX_SSML_DEPTH} deep"):
+        ssml_segments("<speak>" + "<s>" * MAX_SSML_DEPTH + "deep" + "</s>" * MAX_SSML_DEPTH + "</speak>")
 
 
 def test_prosody_nests_and_multiplies():

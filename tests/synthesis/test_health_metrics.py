@@ -1,7 +1,10 @@
 import uuid
 
+import pytest
+from django.contrib.auth.models import User
 
 from synthesis import workers
+from tenants.keys import operator_token_matches
 from tests.factories import issue_key
 
 
@@ -47,9 +50,14 @@ def test_no_worker_gives_503_in_bounded_time(asgi, settings):
     assert response.json()["error"]["code"] == "no_worker_available"
 
 
-def test_metrics_in_prometheus_format_for_admin_keys(asgi):
+OPERATOR_TOKEN = "operator-token-for-the-tests"
+
+
+def test_metrics_in_prometheus_format_for_the_operator_token(asgi, settings):
+    settings.METRICS_TOKEN = OPERATOR_TOKEN
     asgi.run(asgi.post, "/v1/synthesize", json={"text": "Count me"})
     asgi.run(asgi.post, "/v1/synthesize", json={"text": "hi", "voice_id": "nope"})
+    asgi.key = OPERATOR_TOKEN
     response = asgi.run(asgi.get, "/v1/metrics")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -64,10 +72,44 @@ def test_metrics_in_prometheus_format_for_admin_keys(asgi):
     assert "# TYPE tts_time_to_first_audio_seconds histogram" in text
 
 
-def test_metrics_refuse_keys_without_admin_scope(asgi):
-    asgi.key = issue_key(asgi.tenant, scopes=["synthesize", "voices"])
+@pytest.mark.parametrize("metrics_token", [OPERATOR_TOKEN, ""])
+def test_a_tenant_key_with_every_scope_cannot_read_the_service_metrics(asgi, settings, metrics_token):
+    settings.METRICS_TOKEN = metrics_token
+    asgi.key = issue_key(asgi.tenant, kind="admin", scopes=["synthesize", "voices", "upload", "admin"])
     response = asgi.run(asgi.get, "/v1/metrics")
-    assert response.status == 403 and response.json()["error"]["code"] == "missing_scope"
+    assert response.status == 403
+    error = response.json()["error"]
+    assert error["code"] == "operator_only"
+    assert "operators" in error["message"] and "/v1/tenant/stats" in error["message"]
+    assert b"tts_requests_total" not in response.body
+
+
+@pytest.mark.parametrize("presented", ["wrong-token", OPERATOR_TOKEN + "x", OPERATOR_TOKEN[:-1], ""])
+def test_anything_but_the_operator_token_is_refused(asgi, settings, presented):
+    settings.METRICS_TOKEN = OPERATOR_TOKEN
+    asgi.key = presented or None
+    response = asgi.run(asgi.get, "/v1/metrics")
+    expected = (401, "authentication_required") if not presented else (403, "operator_only")
+    assert (response.status, response.json()["error"]["code"]) == expected
+
+
+def test_an_unset_metrics_token_matches_nothing(settings):
+    settings.METRICS_TOKEN = ""
+    assert not operator_token_matches("")
+    settings.METRICS_TOKEN = OPERATOR_TOKEN
+    assert operator_token_matches(OPERATOR_TOKEN) and not operator_token_matches(OPERATOR_TOKEN.upper())
+
+
+def test_a_staff_session_reads_the_metrics_and_a_plain_user_does_not(live_voices, client, settings):
+    settings.METRICS_TOKEN = ""
+    staff = User.objects.create_user("ops", password="x", is_staff=True)
+    plain = User.objects.create_user("someone", password="x")
+    client.force_login(plain)
+    refused = client.get("/v1/metrics")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "operator_only"
+    client.force_login(staff)
+    response = client.get("/v1/metrics")
+    assert response.status_code == 200 and b"tts_workers_live" in response.content
 
 
 def test_health_is_ok_with_xtts_loaded_and_voices_report_its_capabilities(asgi, xtts_enabled):

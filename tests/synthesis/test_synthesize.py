@@ -14,6 +14,7 @@ from synthesis.frontend import split_sentences
 from tenants.models import UsageRecord
 from tests.asgi import AsgiClient
 from tests.factories import TenantFactory, VoiceFactory, issue_key
+from tests.synthesis.hostile_input import HOSTILE_FIELDS
 
 LONG_TEXT = " ".join(["This sentence keeps the synthesizer busy for a while."] * 20)
 
@@ -178,6 +179,21 @@ def test_bad_input_gets_a_clear_error_and_a_usage_row(asgi, payload, status, cod
     assert response.json()["error"]["message"]
     row = _usage(request_id)
     assert row.status == "error" and row.error_code == code
+
+
+@pytest.mark.parametrize("fields, code", HOSTILE_FIELDS)
+def test_hostile_values_are_a_400_never_a_500(asgi, fields, code):
+    request_id = str(uuid.uuid4())
+    response = asgi.run(asgi.post, "/v1/synthesize", json=fields, headers={"X-Request-ID": request_id})
+    assert response.status == 400, response.body
+    assert _error_code(response) == code and response.json()["error"]["message"]
+    assert _usage(request_id).error_code == code
+
+
+def test_json_nested_too_deeply_is_malformed_not_a_500(asgi):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        response = asgi.run(asgi.post, "/v1/synthesize", body=body, content_type="application/json")
+        assert response.status == 400 and _error_code(response) == "malformed_request"
 
 
 def test_malformed_json_and_unsupported_content_type(asgi):

@@ -17,6 +17,7 @@ from synthesis.services import SynthesisSession
 from tenants.models import UsageRecord
 from tenants.services import api_key_issue, api_key_revoke
 from tests.factories import TenantFactory, issue_key
+from tests.synthesis.hostile_input import HOSTILE_FIELDS
 
 TIMEOUT = 20
 LONG_TEXT = " ".join(["This sentence keeps the synthesizer busy for a while."] * 20)
@@ -266,6 +267,22 @@ def test_refused_requests_close_with_the_rest_status_and_are_recorded(key, field
     assert run(_refused, key, close_code, {"type": "synthesize", "request_id": request_id, **fields}) == code
     row = _usage(request_id)
     assert row.status == "error" and row.error_code == code
+
+
+@pytest.mark.parametrize("fields, code", HOSTILE_FIELDS)
+def test_hostile_values_get_4400_never_4500(key, fields, code):
+    request_id = str(uuid.uuid4())
+    assert run(_refused, key, 4400, {"type": "synthesize", "request_id": request_id, **fields}) == code
+    assert _usage(request_id).error_code == code
+
+
+def test_a_frame_nested_too_deeply_gets_4400(key):
+    assert run(_refused, key, 4400, "[" * 100_000 + "]" * 100_000) == "malformed_request"
+
+
+def test_a_nan_speed_in_json_gets_4400(key):
+    frame = '{"type": "synthesize", "text": "hi", "speed": NaN}'  # Python's json module reads NaN
+    assert run(_refused, key, 4400, frame) == "invalid_request"
 
 
 def test_an_invalid_field_is_recorded_like_rest(key):

@@ -20,8 +20,8 @@ def test_stats_aggregate_the_tenants_rows_by_day_and_by_voice(api_client):
     tenant = TenantFactory()
     day1 = datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
     day2 = day1 + timedelta(days=1)
-    _record(tenant, day1)
-    _record(tenant, day1, voice_id="fr_female", characters=4, audio_seconds=0.5)
+    _record(tenant, day1, time_to_first_audio_ms=10.0)
+    _record(tenant, day1, voice_id="fr_female", characters=4, audio_seconds=0.5, time_to_first_audio_ms=30.0)
     _record(tenant, day2, status="error", error_code="engine_unavailable", characters=7, audio_seconds=0)
     _record(tenant, day2, status="client_disconnected", characters=3, audio_seconds=0.25)
     _record(TenantFactory(), day1, characters=999)  # someone else's
@@ -32,7 +32,9 @@ def test_stats_aggregate_the_tenants_rows_by_day_and_by_voice(api_client):
     assert response.status_code == 200 and body["tenant_id"] == tenant.slug
     assert body["totals"] == {
         "requests": 4, "characters": 24, "audio_seconds": 2.25, "errors": 1, "client_disconnects": 1,
+        "time_to_first_audio_ms": {"avg": 20.0, "max": 30.0},
     }
+    assert body["errors_by_code"] == {"engine_unavailable": 1}
     assert [(d["date"], d["requests"], d["characters"]) for d in body["by_day"]] == [
         ("2026-03-01", 2, 14),
         ("2026-03-02", 2, 10),
@@ -51,13 +53,28 @@ def test_stats_default_to_the_last_30_days(api_client):
 
 
 @pytest.mark.parametrize(
-    "params",
-    [{"start": "yesterday"}, {"start": "2026-03-05", "end": "2026-03-01"}, {"days": "0"}, {"days": "abc"},
-     {"start": "2020-01-01", "end": "2026-01-01"}],
+    ("params", "named"),
+    [
+        ({"start": "yesterday"}, "start="),
+        ({"start": "2026-13-45"}, "start="),  # well-formed, impossible: was a 500 (ValueError)
+        ({"start": "2026-02-30", "end": "2026-03-01"}, "start="),
+        ({"end": "2026-03-01T25:00:00"}, "end="),
+        ({"start": "9999-12-31", "end": "9999-12-31"}, "end="),  # the day after is no date: was a 500 (OverflowError)
+        ({"end": "0001-01-01", "days": "30"}, "end="),  # 30 days before the first date: OverflowError
+        ({"start": "0001-01-01T00:00:00+05:00"}, "start="),  # before year 1 in UTC
+        ({"days": "0"}, "days="),
+        ({"days": "abc"}, "days="),
+        ({"days": "²"}, "days="),  # str.isdigit() says yes, int() says no
+        ({"days": "9" * 5000}, "days="),  # past int()'s digit limit
+        ({"start": "2026-03-05", "end": "2026-03-01"}, "start must be before end"),
+        ({"start": "2020-01-01", "end": "2026-01-01"}, "366 days"),
+    ],
 )
-def test_bad_periods_are_400(api_client, params):
+def test_bad_periods_are_400_naming_the_parameter(api_client, params, named):
     response = api_client.get("/v1/tenant/stats", params, **bearer(issue_key()))
-    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_period"
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and named in error["message"]
 
 
 def test_usage_record_is_idempotent_on_request_id():
