@@ -34,9 +34,6 @@ class Pause:
 Segment = Speech | Pause
 
 MAX_BREAK_MS = 10_000
-# Silence one request may ask for in all (breaks, paragraphs, sentences): a thousand 10 s breaks between single
-# letters fit in the markup limit and would be hours of audio rendered for a few characters.
-MAX_TOTAL_PAUSE_MS = 120_000
 # Elements nested deeper than this are refused before anything walks them (real SSML nests a handful deep).
 MAX_SSML_DEPTH = 50
 # What one <prosody> attribute may ask for, as a multiplier of the enclosing value. Nested elements multiply,
@@ -241,9 +238,4 @@ def ssml_segments(ssml: str, speed: float = 1.0) -> list[Segment]:
         raise FrontendError("invalid_ssml", "SSML must have <speak> as its root element")
     walker = _SsmlWalker(speed)
     walker.walk(root, walker.base)
-    silence = sum(segment.milliseconds for segment in walker.segments if isinstance(segment, Pause))
-    if silence > MAX_TOTAL_PAUSE_MS:
-        raise FrontendError(
-            "invalid_ssml", f"SSML asks for {silence / 1000:g}s of pauses in all; at most {MAX_TOTAL_PAUSE_MS // 1000}s"
-        )
     return walker.segments

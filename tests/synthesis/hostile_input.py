@@ -12,7 +12,6 @@ HOSTILE_FIELDS = [
     pytest.param({"ssml": f'<speak><prosody pitch="+{"9" * 400}%">high</prosody></speak>'}, "invalid_ssml", id="pitch-huge"),
     pytest.param({"ssml": f'<speak>a<break time="{"9" * 400}ms"/>b</speak>'}, "invalid_ssml", id="break-400-digits"),
     pytest.param({"ssml": '<speak>a<break time="90s"/>b</speak>'}, "invalid_ssml", id="break-too-long"),
-    pytest.param({"ssml": "<speak>" + 'a<break time="10s"/>' * 13 + "</speak>"}, "invalid_ssml", id="pauses-in-all"),
     pytest.param({"text": "hi", "speed": "1" * 400}, "invalid_request", id="speed-400-digits"),
     pytest.param({"text": "hi", "speed": 10**400}, "invalid_request", id="speed-huge-integer"),
     pytest.param({"text": "hi", "speed": "nan"}, "invalid_request", id="speed-nan"),
