@@ -68,3 +68,27 @@ def test_a_tenant_over_its_share_gets_429_and_another_tenant_is_served_at_once(l
         assert "fair share" in refused.json()["error"]["message"] and refused.headers["retry-after"]
     assert more.status == 429
     assert newcomer.status == 200 and newcomer.complete
+
+
+def test_a_cancel_storm_frees_every_slot_and_leaves_the_service_to_the_others(live_voices):
+    """200 x (synthesize + cancel) on one /v1/stream connection, then a hang-up: every cancelled or abandoned job
+    gives its worker slot back at once, and another tenant is served right after."""
+    from tests.synthesis.test_websocket import _open
+    from synthesis.worker import ensure_embedded_worker
+
+    stormy, other = issue_key(TenantFactory(max_concurrent_streams=50)), issue_key(TenantFactory())
+    text = ("This is a sentence of about fifty characters long. " * 10)[:500]
+
+    async def scenario():
+        ws = await _open(stormy)
+        for _ in range(200):
+            await ws.send_json_to({"type": "synthesize", "text": text})
+            await ws.send_json_to({"type": "cancel"})
+        await ws.send_json_to({"type": "synthesize", "text": text})
+        await ws.disconnect()
+        worker = ensure_embedded_worker()
+        await _until(lambda: worker.describe()["load"] == 0)
+        return await AsgiClient(key=other).post("/v1/synthesize", json={"text": "Hello there."})
+
+    response = asyncio.run(scenario())
+    assert response.status == 200 and response.complete
