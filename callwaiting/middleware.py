@@ -21,7 +21,6 @@ from django.core.handlers.exception import convert_exception_to_response
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from callwaiting.errors import error_body
 from callwaiting.limits import body_limit, too_large_body
 from synthesis.worker import ensure_embedded_worker
 

@@ -15,7 +15,8 @@ SIXTY_MB = 60 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from _start_server(tmp_path_factory.mktemp("limits"), TTS_MAX_UPLOAD_BYTES="1000000")
+    yield from _start_server(tmp_path_factory.mktemp("limits"), TTS_MAX_UPLOAD_BYTES="1000000",
+                             WS_MAX_MESSAGE_BYTES="65536")
 
 
 def _connect(server) -> socket.socket:
@@ -184,5 +185,14 @@ def test_a_websocket_message_over_the_limit_gets_the_error_frame_and_close_1009(
         frame = json.loads(websocket.recv(timeout=20))
         with pytest.raises(ConnectionClosed) as closed:
             websocket.recv(timeout=20)
-    assert _code(frame) == "message_too_large"
+    assert _code(frame) == "message_too_large" and "65536 bytes" in frame["error"]["message"]  # WS_MAX_MESSAGE_BYTES
     assert closed.value.rcvd.code == 1009
+
+
+def test_a_websocket_message_within_the_limit_is_served(server):
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{server['port']}/v1/stream", max_size=None, open_timeout=20,
+                 additional_headers={"Authorization": f"Bearer {server['key']}"}) as websocket:
+        websocket.send(json.dumps({"type": "synthesize", "text": "Hello.", "padding": " " * 60_000}))
+        assert json.loads(websocket.recv(timeout=20))["type"] == "start"
