@@ -89,11 +89,14 @@ class GuardedRequest(WebRequest):
         self._body_received = 0
         self._key_pending = False
         self._received = None  # requestReceived's arguments, held while the key is being checked
+        self._continue = False  # a `100 Continue` held while the key is being checked
 
     def gotLength(self, length):
         """Called by the channel once the headers are in, before any byte of the body: `length` is the declared
         Content-Length, None for a chunked body."""
         super().gotLength(length)
+        if not isinstance(self.channel, GuardedChannel):
+            return  # HTTP/2 (TLS with twisted's http2 extra; not set up here): daphne's behaviour as it is
         from callwaiting.limits import body_limit, too_large_body
 
         self._body_path = unquote(self.channel._path.split(b"?", 1)[0].decode("latin-1"))
@@ -124,11 +127,15 @@ class GuardedRequest(WebRequest):
             channel.refuse(401, refusal, [("WWW-Authenticate", 'Bearer realm="api"')])
             return
         channel.transport.resumeProducing()
+        if self._continue:
+            channel.send_continue()
         if self._received is not None:
             self.requestReceived(*self._received)
 
     def handleContentChunk(self, data):
-        if self.channel is None or self.channel.refused:
+        if not isinstance(self.channel, GuardedChannel):
+            return super().handleContentChunk(data)
+        if self.channel.refused:
             return
         self._body_received += len(data)
         if self._body_received > self._body_limit:
@@ -140,7 +147,7 @@ class GuardedRequest(WebRequest):
 
     def requestReceived(self, command, path, version):
         """The whole body is in: hand the request to the application, once its key is known to be good."""
-        if self.channel is None or self.channel.refused:
+        if getattr(self.channel, "refused", False):
             return
         if self._key_pending:
             self._received = (command, path, version)
@@ -191,6 +198,20 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data):
         if not self.refused:
             super().dataReceived(data)
+
+    def _send100Continue(self):
+        """`Expect: 100-continue` asks whether to send the body: not when the request is refused, and not before
+        its key is known to be good."""
+        if self.refused:
+            return
+        request = self.requests[-1] if self.requests else None
+        if getattr(request, "_key_pending", False):
+            request._continue = True
+            return
+        super()._send100Continue()
+
+    def send_continue(self):
+        super()._send100Continue()
 
     def lineReceived(self, line):
         if self.refused:

@@ -106,6 +106,22 @@ def test_a_revoked_key_is_refused_before_the_body_too(server):
             database.execute("UPDATE tenants_apikey SET revoked_at = NULL")
 
 
+@pytest.mark.parametrize("length, authorization, status", [
+    (SIXTY_MB, "good", 413),
+    (500_000, None, 401),
+    (500_000, "good", 100),
+])
+def test_a_client_expecting_100_continue_is_told_not_to_send_a_body_that_would_be_refused(
+        server, length, authorization, status):
+    headers = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": length, "Expect": "100-continue"}
+    if authorization:
+        headers["Authorization"] = f"Bearer {server['key']}"
+    with _connect(server) as sock:
+        sock.sendall(_head("POST", "/v1/voices/upload", headers))
+        first_line = sock.makefile("rb").readline()
+    assert first_line.startswith(b"HTTP/1.1 %d " % status)
+
+
 def test_a_chunked_upload_is_cut_at_the_limit_and_the_client_need_not_send_the_rest(server):
     piece = b"\0" * 65536
     with _connect(server) as sock:
