@@ -76,4 +76,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/v1/health', timeout=4)"]
 
 # A shell only to expand $HOST/$PORT; exec hands PID 1 to daphne so SIGTERM reaches it directly.
-CMD ["sh", "-c", "exec daphne -b \"$HOST\" -p \"$PORT\" callwaiting.asgi:application"]
+# daphne with the request limits that act before a body is read (callwaiting/server.py).
+CMD ["sh", "-c", "exec python -m callwaiting.server -b \"$HOST\" -p \"$PORT\" callwaiting.asgi:application"]

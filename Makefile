@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap_demo
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) callwaiting.asgi:application
+	$(PY) -m callwaiting.server -b $(HOST) -p $(PORT) callwaiting.asgi:application
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -118,7 +118,7 @@ def prepare_database(env: dict) -> str:
 
 
 def start_server(env: dict, port: int, log_file) -> subprocess.Popen:
-    command = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "callwaiting.asgi:application"]
+    command = [sys.executable, "-m", "callwaiting.server", "-b", HOST, "-p", str(port), "callwaiting.asgi:application"]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 

@@ -1,246 +1,28 @@
-"""ASGI entry point: HTTP (Django) and WebSocket (/v1/stream) through Channels' ProtocolTypeRouter."""
-import asyncio
-import functools
-import json
-import logging
+"""ASGI entry point, the composition root: Django for HTTP (the API's lean handler for /v1/, the full stack for
+the portal and admin) and Channels for the WebSocket API, wrapped in the middleware of callwaiting/middleware.py.
+Serve it with `python -m callwaiting.server` (daphne with the server-level request limits, callwaiting/server.py)."""
 import os
 
 from django.core.asgi import get_asgi_application
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callwaiting.settings")
-django_application = get_asgi_application()
-logger = logging.getLogger(__name__)
+django_application = get_asgi_application()  # sets Django up: everything below needs it
 
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402  (needs Django set up)
-from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-
-class ApiHandler(ASGIHandler):
-    """Django for the API (/v1/...): the same URLconf, views and error handling, without the middleware made
-    for browsers (sessions, CSRF, messages, session authentication, clickjacking and security headers). The
-    API authenticates by key and answers JSON or audio; and Django runs each of those middleware's sync
-    process_request/process_response in a worker thread, two thread hops each, which cost a synthesis about
-    10 ms of its first audio."""
-
-    def load_middleware(self, is_async=False):
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        get_response = convert_exception_to_response(self._get_response_async)
-
-        async def api_headers(request):
-            """What the API keeps of CommonMiddleware and SecurityMiddleware, on the event loop."""
-            response = await get_response(request)
-            if not response.streaming and not response.has_header("Content-Length"):
-                response.headers["Content-Length"] = str(len(response.content))
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            return response
-
-        self._middleware_chain = api_headers
-
-
-api_application = ApiHandler()
-
-
-async def http_application(scope, receive, send):
-    app = api_application if scope["path"].startswith("/v1/") else django_application
-    return await app(scope, receive, send)
-
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
-from django.conf import settings  # noqa: E402
-
-from callwaiting.errors import error_body  # noqa: E402
-
+from callwaiting.middleware import (  # noqa: E402
+    ApiHandler,
+    BodyLimitMiddleware,
+    DaphneStreamingMiddleware,
+    EmbeddedWorkerMiddleware,
+    RequestCleanupMiddleware,
+    path_router,
+)
 from synthesis.routing import websocket_urlpatterns  # noqa: E402
-from synthesis.worker import ensure_embedded_worker  # noqa: E402
 
-
-class EmbeddedWorkerMiddleware:
-    """In the embedded mode, start the model worker on the server's event loop with the first request and
-    give it a moment to load, so even the first health check sees its engines."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] in ("http", "websocket"):
-            worker = ensure_embedded_worker()
-            if worker is not None and not worker.ready.is_set():
-                try:
-                    await asyncio.wait_for(worker.ready.wait(), settings.TTS_JOB_ACCEPT_TIMEOUT)
-                except asyncio.TimeoutError:
-                    pass  # health will say the engines are still loading
-        return await self.app(scope, receive, send)
-
-
-class UploadSizeLimitMiddleware:
-    """Refuse an upload that declares a body over the limit before any of it is read."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/v1/voices/upload":
-            declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
-            limit = settings.TTS_MAX_UPLOAD_BYTES + 64 * 1024  # room for the form's other fields
-            if declared.isdigit() and int(declared) > limit:
-                body = json.dumps(error_body("upload_too_large", f"Uploads are limited to {limit} bytes.")).encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        return await self.app(scope, receive, send)
-
-
-def _daphne_protocol(send):
-    """daphne's protocol object for this connection (a twisted Request for HTTP, an autobahn protocol for a
-    WebSocket; daphne's `send` is partial(server.handle_reply, protocol)), or None under another server."""
-    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    return protocol if hasattr(protocol, "registerProducer") else None
-
-
-class RequestCleanupMiddleware:
-    """Runs the clean-ups a view registered for its request (scope["callwaiting.cleanups"], async callables)
-    once the exchange is over, however it ended. A streamed body's own `finally` is not enough: Django closes
-    only its wrapper of an async body, so a body abandoned mid-stream (client gone, connection dropped) would
-    be finalized whenever the garbage collector gets to it."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        cleanups = scope["callwaiting.cleanups"] = []
-        try:
-            return await self.app(scope, receive, send)
-        finally:
-            for cleanup in cleanups:
-                await cleanup()
-
-
-class _ClientStalled(Exception):
-    """Raised out of `send` to stop a WebSocket app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT."""
-
-
-def _stop_app(kind: str) -> BaseException:
-    """What `send` raises to stop an app whose client is gone or stalled. For HTTP it is what Django expects
-    when a client disconnects during its response (CancelledError): Django then finishes the request as usual,
-    closing the response and returning the request's database connection. Any other exception would skip that,
-    and with a connection pool every such request would keep a connection for good."""
-    return asyncio.CancelledError() if kind == "http" else _ClientStalled()
-
-
-@implementer(IPushProducer)
-class _SocketWritable:
-    """Registered with daphne's protocol as a streaming producer: twisted pauses it when the socket's send
-    buffer is full (the client reads slower than we write) and resumes it when the buffer drains."""
-
-    def __init__(self):
-        self.event = asyncio.Event()
-        self.event.set()
-
-    def pauseProducing(self):
-        self.event.clear()
-
-    def resumeProducing(self):
-        self.event.set()
-
-    def stopProducing(self):
-        self.event.set()  # the connection is going away; the app learns it from its disconnect message
-
-
-class DaphneStreamingMiddleware:
-    """Two things streamed audio needs that daphne does not do; under other servers it passes through.
-
-    Backpressure (HTTP and WebSocket): daphne's `send` only appends to twisted's write buffer, so a client
-    reading slower than speech is produced would have the audio pile up there. Instead the app waits while
-    the socket is full; that stops this stream's reads from its model worker, whose credit window then stops
-    the engine (see synthesis/worker.py). A client that reads nothing for TTS_CLIENT_STALL_TIMEOUT seconds is
-    disconnected, which cancels its job.
-
-    Broken transfers (HTTP): a response that fails after its headers went out (a model worker died
-    mid-stream) must reach the client as a broken transfer, never as a complete-looking short file. ASGI has
-    no message for that, and daphne, given the exception, would try to start a 500 on a response already
-    started and leave the connection hanging; so the TCP connection is aborted."""
-
-    # Per protocol: the message that carries data, and the one that ends the exchange.
-    _DATA = {"http": "http.response.body", "websocket": "websocket.send"}
-    _END = {"http": "http.response.body", "websocket": "websocket.close"}
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        protocol = _daphne_protocol(send) if scope["type"] in self._DATA else None
-        if protocol is None:
-            return await self.app(scope, receive, send)
-        kind = scope["type"]
-        writable = _SocketWritable()
-        started = registered = False
-
-        def channel():
-            """The connection's twisted HTTPChannel while the connection is up: the transport calls it when the
-            socket fills or drains, and it passes that on to one registered producer. A WebSocket keeps the
-            channel it was upgraded from as its transport's producer; an HTTP request loses it on disconnect."""
-            holder = protocol.channel if kind == "http" else getattr(protocol.transport, "producer", None)
-            connection = getattr(holder, "transport", None)
-            up = connection is not None and not connection.disconnected and hasattr(holder, "registerProducer")
-            return holder if up else None
-
-        def unregister():
-            nonlocal registered
-            if registered and (up := channel()) is not None:
-                up.unregisterProducer()
-            registered = False
-
-        async def paced_send(message):
-            nonlocal started, registered
-            started = started or message["type"] == "http.response.start"
-            more = message["type"] == self._DATA[kind] and (kind == "websocket" or message.get("more_body", False))
-            if more and not registered and (up := channel()) is not None:
-                up.registerProducer(writable, True)
-                registered = True
-                if getattr(up, "_waitingForTransport", False):
-                    writable.pauseProducing()  # twisted tells a producer only about later changes
-            if message["type"] == self._END[kind] and not more:
-                unregister()  # before the exchange ends, so a pipelined next request may register its own
-            await send(message)
-            if more and kind == "http" and registered and channel() is None:
-                # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
-                # credit flowing, the whole clip) before Django delivers the disconnect to it.
-                raise _stop_app(kind)
-            if more and not writable.event.is_set():
-                try:
-                    await asyncio.wait_for(writable.event.wait(), settings.TTS_CLIENT_STALL_TIMEOUT)
-                except asyncio.TimeoutError:
-                    logger.info("dropping %s: its client read nothing for %g s", scope["path"],
-                                settings.TTS_CLIENT_STALL_TIMEOUT)
-                    if (up := channel()) is not None:
-                        up.transport.abortConnection()
-                    # Stop the app now: it would otherwise run on into a dead connection before it hears of it.
-                    raise _stop_app(kind) from None
-                if kind == "http" and channel() is None:
-                    raise _stop_app(kind)  # woken because the connection is gone
-
-        try:
-            await self.app(scope, receive, paced_send)
-        except _ClientStalled:
-            pass  # dropped on purpose; the app's own clean-up has recorded it
-        except Exception:
-            if not started or (up := channel()) is None:
-                raise
-            logger.warning("aborting %s: the response failed after it had started", scope["path"], exc_info=True)
-            up.transport.abortConnection()
-        finally:
-            unregister()
-
-
-application = RequestCleanupMiddleware(DaphneStreamingMiddleware(
-    UploadSizeLimitMiddleware(EmbeddedWorkerMiddleware(ProtocolTypeRouter({
-        "http": http_application,
+application = RequestCleanupMiddleware(DaphneStreamingMiddleware(BodyLimitMiddleware(EmbeddedWorkerMiddleware(
+    ProtocolTypeRouter({
+        "http": path_router(ApiHandler(), django_application),
         "websocket": URLRouter(websocket_urlpatterns),
-    })))
-))
+    })
+))))

@@ -1,4 +1,5 @@
 """The one error shape: {"error": {"code": "...", "message": "..."}} with the right HTTP status."""
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
@@ -85,6 +86,18 @@ def api_exception_handler(exc, context):
         response.status_code = status.HTTP_401_UNAUTHORIZED
     response.data = exception_body(exc)
     return response
+
+
+def bad_request_handler(request, exception=None):
+    """Django's own 400s (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields, a suspicious request), which
+    it would answer with an HTML page. A body too large is 413, as the server answers it before reading it."""
+    if isinstance(exception, RequestDataTooBig):
+        from callwaiting.limits import too_large_body
+
+        return JsonResponse(too_large_body(request.path), status=413)
+    if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        return error_response("too_many_fields", str(exception), 400)
+    return error_response("bad_request", "The request is malformed.", 400)
 
 
 def not_found_handler(request, exception=None):

@@ -174,6 +174,16 @@ STORAGES = {
 }
 # Uploads above this size are written to a temporary file, never held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+# --- what a client may send (callwaiting/limits.py; enforced by the server before it reads, callwaiting/server.py)
+# Request bodies: the cloning upload TTS_MAX_UPLOAD_BYTES (below) plus 64 KiB for its other fields; every other
+# API request (JSON or form) at most DATA_UPLOAD_MAX_MEMORY_SIZE. Over it: 413 before the body is read.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)  # Django's default, 2.5 MiB
+# The request line and header fields together (also the most one header line may have); over it: 431
+# (414 for a request line alone over it). Twisted's own limit is 16 KiB.
+HTTP_MAX_HEADER_BYTES = env_int("HTTP_MAX_HEADER_BYTES", 16 * 1024)
+# A WebSocket message (and frame) from a client, /v1/stream; over it: the error frame message_too_large, then
+# close 1009. A synthesize frame carries at most TTS_MAX_TEXT_CHARS of text or its SSML.
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 1024 * 1024)
 
 # --- Celery: voice processing. Embedded: tasks run in-process when enqueued; production: Redis broker. -------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "memory://"

@@ -16,5 +16,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "callwaiting.errors.bad_request_handler"
 handler404 = "callwaiting.errors.not_found_handler"
 handler500 = "callwaiting.errors.server_error_handler"

@@ -26,18 +26,25 @@ class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
         self.custom_code = code
 
 
-def authenticate_authorization_header(header: str | None) -> ApiKey | None:
-    """None when no key was presented; raises KeyAuthenticationFailed for a bad one."""
+def api_key_from_authorization(header: str | None) -> ApiKey | None:
+    """The key an Authorization header presents, read only: None when no key was presented; raises
+    KeyAuthenticationFailed for a bad one. The server checks a request's key with it before reading its body."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise KeyAuthenticationFailed("malformed_authorization", "Authorization header must be 'Bearer <api_key>'.")
     try:
-        api_key = selectors.api_key_authenticate(plaintext=token.strip())
+        return selectors.api_key_authenticate(plaintext=token.strip())
     except selectors.KeyRejected as rejected:
         raise KeyAuthenticationFailed(rejected.code, rejected.message) from None
-    services.api_key_mark_used(api_key=api_key)
+
+
+def authenticate_authorization_header(header: str | None) -> ApiKey | None:
+    """As api_key_from_authorization, and the key is marked used."""
+    api_key = api_key_from_authorization(header)
+    if api_key is not None:
+        services.api_key_mark_used(api_key=api_key)
     return api_key
 
 

@@ -183,7 +183,7 @@ def test_installing_without_credentials_fails_with_a_message_that_says_what_to_s
 def test_web_runs_daphne_without_a_model_and_is_ready_only_when_health_says_so():
     docs = render(REQUIRED)
     web = container(docs, "web")
-    assert web["command"] == ["daphne", "-b", "0.0.0.0", "-p", "8000", "callwaiting.asgi:application"]
+    assert web["command"] == ["python", "-m", "callwaiting.server", "-b", "0.0.0.0", "-p", "8000", "callwaiting.asgi:application"]
     env = effective_env(web, docs)
     assert env["TTS_EMBEDDED_WORKER"] == ("value", "0")
     readiness = web["readinessProbe"]["httpGet"]

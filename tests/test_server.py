@@ -45,9 +45,8 @@ def _start_server(data_dir: Path, **extra_env: str):
     out = subprocess.run([*manage, "bootstrap_demo"], env=env, check=True, cwd=ROOT, capture_output=True, text=True)
     key = out.stdout.strip().rsplit(" ", 1)[-1]
     port = _free_port()
-    daphne = Path(sys.executable).with_name("daphne")
     process = subprocess.Popen(
-        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
+        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(data_dir / "daphne.log", "w"),
     )
     _wait_for_port(port, process)

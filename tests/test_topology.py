@@ -68,9 +68,9 @@ class Topology:
 
         redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
         self.port = _free_port()
-        daphne = Path(sys.executable).with_name("daphne")
         self.web = subprocess.Popen(
-            [str(daphne), "-b", "127.0.0.1", "-p", str(self.port), "callwaiting.asgi:application"],
+            [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(self.port),
+             "callwaiting.asgi:application"],
             env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "web.log", "w"),
         )
         _wait_for_port(self.port, self.web)
