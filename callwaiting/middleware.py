@@ -11,9 +11,12 @@ Under daphne the server itself refuses bodies over the limit, and bodies without
 them (callwaiting/server.py); BodyLimitMiddleware is the same size rule for any ASGI server and in-process tests.
 """
 import asyncio
+import fcntl
 import functools
 import json
 import logging
+import struct
+import termios
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
@@ -191,6 +194,58 @@ class _SocketWritable:
         self.event.set()  # the connection is going away; the app learns it from its disconnect message
 
 
+class Delivery:
+    """How much of a streamed HTTP response reached the client, as far as the server can tell (in the request's
+    scope as "callwaiting.delivery" under daphne): body bytes handed to the connection, how many of them had left
+    this machine at the last look (the socket's send queue and twisted's buffer subtracted), and whether the
+    client took all of it (`complete`) rather than going away first. Billing reads it: a client that drops
+    mid-stream is billed for what it received, not for what was made."""
+
+    def __init__(self):
+        self.sent = 0
+        self.delivered = 0
+        self.complete = False
+
+    def observe(self, connection) -> None:
+        """Update `delivered` from the connection's queues while it is up."""
+        queued = _queued_bytes(connection)
+        if queued is not None:
+            self.delivered = max(self.delivered, self.sent - queued)
+
+
+def _queued_bytes(connection) -> int | None:
+    """Bytes handed to a twisted TCP transport that the peer has not acknowledged yet: twisted's own write
+    buffer, plus the kernel's send queue (SIOCOUTQ). None when the connection is gone."""
+    if connection is None or connection.disconnected:
+        return None
+    buffered = len(getattr(connection, "dataBuffer", b"")) - getattr(connection, "offset", 0)
+    buffered += getattr(connection, "_tempDataLen", 0)
+    try:
+        in_kernel = struct.unpack("i", fcntl.ioctl(connection.socket.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (AttributeError, OSError, ValueError):
+        in_kernel = 0
+    return buffered + in_kernel
+
+
+async def _drain(channel, delivery: Delivery, timeout: float) -> None:
+    """After the last byte of a streamed response: wait (briefly, by polling: twisted reports no kernel acks)
+    until the client has acknowledged everything, or is gone, or took nothing for `timeout` seconds (then it is
+    dropped). Sets delivery.complete when it all arrived."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delivered = -1
+    while (up := channel()) is not None:
+        delivery.observe(up.transport)
+        if delivery.delivered >= delivery.sent:
+            delivery.complete = True
+            return
+        if delivery.delivered > delivered:  # progress: the client is reading
+            delivered, deadline = delivery.delivered, asyncio.get_running_loop().time() + timeout
+        elif asyncio.get_running_loop().time() > deadline:
+            up.transport.abortConnection()
+            return
+        await asyncio.sleep(0.02)
+
+
 class DaphneStreamingMiddleware:
     """Two things streamed audio needs that daphne does not do; under other servers it passes through.
 
@@ -203,7 +258,10 @@ class DaphneStreamingMiddleware:
     Broken transfers (HTTP): a response that fails after its headers went out (a model worker died
     mid-stream) must reach the client as a broken transfer, never as a complete-looking short file. ASGI has
     no message for that, and daphne, given the exception, would try to start a 500 on a response already
-    started and leave the connection hanging; so the TCP connection is aborted."""
+    started and leave the connection hanging; so the TCP connection is aborted.
+
+    Delivery (HTTP): what of a streamed body reached the client (Delivery, in the scope), so that a client that
+    went away is billed for what it got; at the end it waits for the client to take the rest."""
 
     # Per protocol: the message that carries data, and the one that ends the exchange.
     _DATA = {"http": "http.response.body", "websocket": "websocket.send"}
@@ -218,7 +276,8 @@ class DaphneStreamingMiddleware:
             return await self.app(scope, receive, send)
         kind = scope["type"]
         writable = _SocketWritable()
-        started = registered = False
+        started = registered = streamed = False
+        delivery = scope["callwaiting.delivery"] = Delivery() if kind == "http" else None
 
         def channel():
             """The connection's twisted HTTPChannel while the connection is up: the transport calls it when the
@@ -236,9 +295,10 @@ class DaphneStreamingMiddleware:
             registered = False
 
         async def paced_send(message):
-            nonlocal started, registered
+            nonlocal started, registered, streamed
             started = started or message["type"] == "http.response.start"
             more = message["type"] == self._DATA[kind] and (kind == "websocket" or message.get("more_body", False))
+            streamed = streamed or more
             if more and not registered and (up := channel()) is not None:
                 up.registerProducer(writable, True)
                 registered = True
@@ -246,6 +306,10 @@ class DaphneStreamingMiddleware:
                     writable.pauseProducing()  # twisted tells a producer only about later changes
             if message["type"] == self._END[kind] and not more:
                 unregister()  # before the exchange ends, so a pipelined next request may register its own
+            if delivery is not None and message["type"] == "http.response.body":
+                if (up := channel()) is not None:
+                    delivery.observe(up.transport)
+                delivery.sent += len(message.get("body", b""))
             await send(message)
             if more and kind == "http" and registered and channel() is None:
                 # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
@@ -266,6 +330,8 @@ class DaphneStreamingMiddleware:
 
         try:
             await self.app(scope, receive, paced_send)
+            if delivery is not None and streamed:
+                await _drain(channel, delivery, settings.TTS_CLIENT_STALL_TIMEOUT)
         except _ClientStalled:
             pass  # dropped on purpose; the app's own clean-up has recorded it
         except Exception:

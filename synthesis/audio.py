@@ -5,6 +5,7 @@ import struct
 # ffmpeg, browsers and telephony players accept as "until the end of the stream".
 UNKNOWN_SIZE = 0xFFFFFFFF
 SAMPLE_WIDTH = 2  # 16-bit PCM everywhere between engines and encoders
+WAV_HEADER_BYTES = 44
 
 
 def wav_header(*, sample_rate: int, channels: int = 1, data_bytes: int | None = None) -> bytes:

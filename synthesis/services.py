@@ -142,7 +142,8 @@ class SynthesisSession:
         self.audio_format = "wav"
         self.stream: WorkerStream | None = None
         self.first_audio_at: float | None = None
-        self.pcm_bytes = 0
+        self.pcm_bytes = 0  # audio made for this request
+        self.delivery = None  # callwaiting.middleware.Delivery of an HTTP response under daphne: what arrived
         self._slot_held = False
         self._closed = False
 
@@ -300,7 +301,11 @@ class SynthesisSession:
                 self._audio(chunk)
                 yield chunk
             if self.stream.complete:  # else it was cancelled under us: the client is gone
-                outcome, code = UsageRecord.Status.SUCCESS, ""
+                if self.delivery is not None:
+                    # Made and handed over, not yet received: the server bills once the client has it (finish).
+                    outcome = None
+                else:
+                    outcome, code = UsageRecord.Status.SUCCESS, ""
         except DispatchError as exc:
             outcome, code = UsageRecord.Status.ERROR, exc.code
             await self.stream.cancel()  # a no-op when the worker failed; stops it when we cut the audio
@@ -308,8 +313,19 @@ class SynthesisSession:
         finally:
             if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
                 await self.abandon()
-            else:
+            elif outcome is not None:
                 await sync_to_async(self._close_and_release)(outcome, code)  # may end outside the request cycle
+
+    async def finish(self) -> None:
+        """The HTTP exchange is over, however it ended (RequestCleanupMiddleware): a success if the whole clip
+        was made and the client received it all, else the client went away (the job is cancelled, and it is
+        billed for the audio it received). A no-op if the request was closed already."""
+        if self._closed:
+            return
+        if self.stream.complete and (self.delivery is None or self.delivery.complete):
+            await sync_to_async(self._close_and_release)(UsageRecord.Status.SUCCESS, "")
+        else:
+            await self.abandon()
 
     async def abandon(self) -> None:
         """The client is gone before the audio was all out: cancel the job, bill what was sent. A no-op once
@@ -354,6 +370,15 @@ class SynthesisSession:
         return body
 
     # --- the end --------------------------------------------------------------------------------------------
+    def _billed_pcm_bytes(self, outcome: str) -> int:
+        """The audio the usage row records: what the client received when it went away (as far as the server
+        can tell), else what was made."""
+        if outcome != UsageRecord.Status.CLIENT_DISCONNECTED or self.delivery is None:
+            return self.pcm_bytes
+        header = audio.WAV_HEADER_BYTES if self.audio_format == "wav" else 0
+        received = max(0, min(self.pcm_bytes, self.delivery.delivered - header))
+        return received - received % audio.SAMPLE_WIDTH
+
     def close(self, outcome: str, error_code: str = "") -> None:
         """Release the stream slot, count metrics and write the usage row; once per request."""
         if self._closed:
@@ -367,7 +392,7 @@ class SynthesisSession:
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None
-        seconds = audio.pcm_seconds(self.pcm_bytes, self.stream.sample_rate if self.stream else 0)
+        seconds = audio.pcm_seconds(self._billed_pcm_bytes(outcome), self.stream.sample_rate if self.stream else 0)
         engine = self.engine or "none"
         metrics.REQUESTS.labels(engine, outcome).inc()
         if outcome == UsageRecord.Status.ERROR:

@@ -229,3 +229,42 @@ def test_a_client_that_reads_nothing_for_the_stall_timeout_is_dropped_and_its_jo
     with sqlite3.connect(impatient_server["db"]) as database:
         rows = database.execute("SELECT status FROM tenants_usagerecord").fetchall()
     assert rows == [("client_disconnected",)]
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    yield from _start_server(tmp_path)
+
+
+def test_a_client_that_resets_mid_stream_is_billed_for_what_it_received_not_as_a_success(fresh_server):
+    """eSpeak makes minutes of audio in seconds: the whole clip can be handed to the socket's buffers before a
+    client that read 50 KB resets the connection. That is client_disconnected, billed for what arrived."""
+    import sqlite3
+    import struct as struct_module
+
+    server = fresh_server
+    connection = _connection(server)
+    about_80_seconds = " ".join(LONG_TEXT.split(". ")[:25])
+    connection.request("POST", "/v1/synthesize", body=json.dumps({"text": about_80_seconds}), headers={
+        "Authorization": f"Bearer {server['key']}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    received = len(response.read1(50_000))
+    while received < 50_000:
+        received += len(response.read1(50_000 - received))
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct_module.pack("ii", 1, 0))
+    # The server goes on making the clip into the socket's buffers (the kernel's send queue grows to megabytes
+    # on its own); let it finish before hanging up, as a client that stalls and then resets would.
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=30)
+    response.close()
+    connection.close()  # the last reference to the socket: a reset, with the rest of the clip unread
+
+    def row():
+        with sqlite3.connect(server["db"]) as database:
+            return database.execute("SELECT status, audio_seconds FROM tenants_usagerecord").fetchall()
+
+    _until(lambda: row(), timeout=20)
+    [(status, seconds)] = row()
+    assert status == "client_disconnected"
+    # What it read (1.1 s) and what its kernel had taken for it (the socket's receive buffer, ~1 s here); not
+    # what the server made into its own send queue, which it never received.
+    assert seconds < 50_000 / 2 / 22050 + 3
