@@ -11,8 +11,9 @@ K tenants are created with the project's own management commands (`create_tenant
 with its own key and limits high enough that the limiter is not what gets measured. Each of the N streams is
 one asyncio client that sends requests back to back until the time is up: a share of the streams speak the
 WebSocket API (`/v1/stream`, one connection for many utterances, one utterance at a time), the others stream
-`POST /v1/synthesize`. Each request is, at random: complete (read at full speed), disconnect (the client hangs
-up after a little audio), or stall (the client reads at the audio's real-time rate, as a phone bridge plays
+`POST /v1/synthesize`. Each request is, at random: complete (read at full speed), disconnect or abort (the
+client hangs up after a little audio: half of them close the connection cleanly, with the WebSocket closing
+handshake, the other half reset it, as a crashed client would), or stall (the client reads at the audio's real-time rate, as a phone bridge plays
 it out, through a small receive buffer, so the server's backpressure holds it).
 
 It prints first audio p50/p95 (request sent -> first audio byte), requests by outcome, errors by code, and the
@@ -31,7 +32,6 @@ import os
 import random
 import shlex
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,9 +74,8 @@ class Sent:
     request_id: str
     tenant: str
     protocol: str  # "rest" | "ws"
-    behaviour: str  # "complete" | "disconnect" | "stall"
+    behaviour: str  # "complete" | "disconnect" (a clean close) | "abort" (a TCP reset) | "stall"
     characters: int  # the spoken characters of the text sent (what must be billed)
-    clip: str = ""  # which text and voice: requests of the same clip get the same audio
     outcome: str = ""  # success | disconnected | error | broken | timeout
     error_code: str = ""
     first_audio: float | None = None  # seconds from sending the request to the first audio byte
@@ -151,7 +150,7 @@ def _error_code(body: bytes) -> str:
 async def rest_request(host: str, port: int, key: str, text: str, voice: str, sent: Sent, rng: random.Random) -> None:
     """One streamed POST /v1/synthesize; fills in sent's outcome."""
     reader, writer = await _open(host, port, sent.behaviour != "complete")
-    hang_up_after = rng.randint(1, 32_000) if sent.behaviour == "disconnect" else None
+    hang_up_after = rng.randint(1, 32_000) if sent.behaviour in ("disconnect", "abort") else None
     try:
         body = json.dumps({"text": text, "voice_id": voice, "streaming": True}).encode()
         writer.write(
@@ -187,8 +186,8 @@ async def rest_request(host: str, port: int, key: str, text: str, voice: str, se
     except (asyncio.IncompleteReadError, ConnectionError):
         sent.outcome = "broken"
     finally:
-        if sent.outcome == "disconnected":
-            writer.transport.abort()  # hang up: what is still unread is thrown away
+        if sent.behaviour == "abort":
+            writer.transport.abort()
         else:
             writer.close()
 
@@ -198,7 +197,7 @@ async def ws_utterance(ws, text: str, voice: str, sent: Sent, rng: random.Random
     """One utterance on an open /v1/stream connection; fills in sent. False when the connection is over."""
     from websockets.exceptions import ConnectionClosed
 
-    hang_up_after = rng.randint(1, 32_000) if sent.behaviour == "disconnect" else None
+    hang_up_after = rng.randint(1, 32_000) if sent.behaviour in ("disconnect", "abort") else None
     started = time.perf_counter()
     try:
         await ws.send(json.dumps({"type": "synthesize", "text": text, "voice_id": voice, "format": "pcm",
@@ -211,7 +210,10 @@ async def ws_utterance(ws, text: str, voice: str, sent: Sent, rng: random.Random
                     sent.first_audio = time.perf_counter() - started
                 if hang_up_after is not None and sent.audio_bytes >= hang_up_after:
                     sent.outcome = "disconnected"
-                    await ws.close()
+                    if sent.behaviour == "abort":
+                        ws.transport.abort()
+                    else:
+                        await ws.close()  # the closing handshake: a close frame, then waiting for the server's
                     return False
                 if sent.behaviour == "stall" and sent.sample_rate:
                     await asyncio.sleep(len(frame) / (2 * sent.sample_rate))
@@ -246,10 +248,9 @@ class Plan:
 def _next_request(rng: random.Random, plan: Plan, tenant: str, protocol: str) -> tuple[Sent, str, str]:
     text, voice = rng.choice(TEXTS), rng.choice(VOICES)
     draw = rng.random()
-    behaviour = ("disconnect" if draw < plan.disconnect_share
+    behaviour = ("disconnect" if draw < plan.disconnect_share / 2 else "abort" if draw < plan.disconnect_share
                  else "stall" if draw < plan.disconnect_share + plan.stall_share else "complete")
-    sent = Sent(str(uuid.uuid4()), tenant, protocol, behaviour, spoken_characters(text), f"{TEXTS.index(text)}/{voice}")
-    return sent, text, voice
+    return Sent(str(uuid.uuid4()), tenant, protocol, behaviour, spoken_characters(text)), text, voice
 
 
 async def stream(index: int, plan: Plan, deadline: float, log: list[Sent]) -> None:
@@ -318,9 +319,6 @@ class Reconciliation:
     missing: list = dataclasses.field(default_factory=list)  # (Sent, why a row was expected)
     wrong: list = dataclasses.field(default_factory=list)  # (Sent, Row, what is wrong)
     extra: list = dataclasses.field(default_factory=list)  # (Row, why it should not be there)
-    # Hang-ups billed `success` with the whole clip: the server had written all of it to the socket before the
-    # hang-up reached it (TCP cannot tell it otherwise). Listed, not counted as wrong.
-    late: list = dataclasses.field(default_factory=list)  # (Sent, Row, what happened)
 
     @property
     def ok(self) -> bool:
@@ -337,10 +335,6 @@ def reconcile(sent: list[Sent], rows: list[Row]) -> Reconciliation:
     """Every request's row against what its client saw. Pure: no database, no clock."""
     result = Reconciliation()
     by_id = {row.request_id: row for row in rows}
-    whole = {}  # clip -> audio seconds of a complete request of it
-    for request in sent:
-        if request.outcome == "success" and request.clip:
-            whole[request.clip] = request.audio_seconds
     seen = set()
     for request in sent:
         row = by_id.get(request.request_id)
@@ -354,10 +348,6 @@ def reconcile(sent: list[Sent], rows: list[Row]) -> Reconciliation:
             continue
         problems = []
         expected = EXPECTED_STATUS[request.outcome]
-        if (request.outcome == "disconnected" and row.status == "success" and request.clip in whole
-                and abs(row.audio_seconds - whole[request.clip]) < 0.05 and row.characters == request.characters):
-            result.late.append((request, row, f"billed success, {row.audio_seconds:.2f} s: the whole clip was sent"))
-            continue
         if row.status != expected:
             problems.append(f"status {row.status} ({row.error_code or 'no code'}), expected {expected}")
         elif request.outcome == "error" and row.error_code != request.error_code:
@@ -387,10 +377,6 @@ def kind(request: Sent) -> str:
 def print_reconciliation(result: Reconciliation, rows: int, sent: int, show: int = 5) -> None:
     print(f"\nusage rows: {rows} for the load's tenants, {sent} requests sent; "
           f"{result.matched} rows match their request")
-    if result.late:
-        counts = collections.Counter(kind(item[0]) for item in result.late)
-        print(f"late hang-ups (billed success: the server had sent the whole clip before the hang-up reached it): "
-              + ", ".join(f"{name}: {count}" for name, count in counts.most_common()))
     if result.ok:
         print("reconciliation: OK, every request has its row (status, characters, audio seconds) and no row is extra")
         return
@@ -405,6 +391,10 @@ def print_reconciliation(result: Reconciliation, rows: int, sent: int, show: int
             print(f"    {count:5d} x {reason}")
         for item in items[:show]:
             print(f"    e.g. {item[0].request_id} ({kind(item[0])}, {item[0].tenant})")
+        if title == "wrong":
+            billed = sum(row.audio_seconds for _, row, _ in items)
+            received = sum(request.audio_seconds for request, _, _ in items)
+            print(f"    these rows bill {billed:.1f} s of audio; their clients received {received:.1f} s")
     if result.extra:
         print(f"reconciliation: {len(result.extra)} extra rows")
         for row, why in result.extra[:show]:
@@ -465,7 +455,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=20, help="concurrent client streams (20)")
     parser.add_argument("--minutes", type=float, default=1.0, help="how long to send new requests (1)")
-    parser.add_argument("--disconnect-share", type=float, default=0.1, help="requests whose client hangs up (0.1)")
+    parser.add_argument("--disconnect-share", type=float, default=0.1,
+                        help="requests whose client hangs up, half with a clean close, half with a reset (0.1)")
     parser.add_argument("--stall-share", type=float, default=0.1, help="requests read at real-time speed (0.1)")
     parser.add_argument("--ws-share", type=float, default=0.5, help="streams on the WebSocket API (0.5)")
     parser.add_argument("--tenants", type=int, default=3, help="tenants, each with its own key (3)")
@@ -511,8 +502,8 @@ def print_report(sent: list[Sent], wall: float) -> None:
         groups[f"{request.protocol} {request.behaviour}"].append(request)
         groups[request.protocol].append(request)
         groups["all"].append(request)
-    order = ["rest complete", "rest disconnect", "rest stall", "rest", "ws complete", "ws disconnect", "ws stall",
-             "ws", "all"]
+    order = [f"{protocol} {behaviour}" if behaviour else protocol for protocol in ("rest", "ws")
+             for behaviour in ("complete", "disconnect", "abort", "stall", "")] + ["all"]
     for name in [name for name in order if name in groups]:
         requests = groups[name]
         outcomes = collections.Counter(request.outcome for request in requests)

@@ -19,7 +19,7 @@ def load():
 def _request(load, outcome: str, behaviour: str = "complete", code: str = "", pcm_bytes: int = 88_200):
     return load.Sent(
         request_id=str(uuid.uuid4()), tenant="acme", protocol="ws", behaviour=behaviour, characters=57,
-        clip="0/default", outcome=outcome, error_code=code, audio_bytes=pcm_bytes, sample_rate=22050,
+        outcome=outcome, error_code=code, audio_bytes=pcm_bytes, sample_rate=22050,
     )
 
 
@@ -71,12 +71,3 @@ def test_wrong_status_characters_audio_and_extra_rows_are_reported(load):
     }
     assert result.extra == [(stranger, "no request of the load test has this id")]
 
-
-def test_a_hang_up_billed_for_the_whole_clip_is_listed_apart(load):
-    """The server had written the whole clip to the socket before it saw the hang-up: listed, not wrong."""
-    done = _request(load, "success")
-    hung_up = _request(load, "disconnected", "disconnect", pcm_bytes=4410)
-
-    result = load.reconcile([done, hung_up], [_row(load, done, "success"), _row(load, hung_up, "success", seconds=2.0)])
-
-    assert result.ok and [request for request, _, _ in result.late] == [hung_up]
