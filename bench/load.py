@@ -147,9 +147,10 @@ def _error_code(body: bytes) -> str:
         return "unparsed"
 
 
-async def rest_request(host: str, port: int, key: str, text: str, voice: str, sent: Sent, rng: random.Random) -> None:
-    """One streamed POST /v1/synthesize; fills in sent's outcome."""
-    reader, writer = await _open(host, port, sent.behaviour != "complete")
+async def rest_request(connection, host: str, port: int, key: str, text: str, voice: str, sent: Sent,
+                       rng: random.Random) -> None:
+    """One streamed POST /v1/synthesize on a fresh connection (reader, writer); fills in sent's outcome."""
+    reader, writer = connection
     hang_up_after = rng.randint(1, 32_000) if sent.behaviour in ("disconnect", "abort") else None
     try:
         body = json.dumps({"text": text, "voice_id": voice, "streaming": True}).encode()
@@ -256,6 +257,7 @@ def _next_request(rng: random.Random, plan: Plan, tenant: str, protocol: str) ->
 async def stream(index: int, plan: Plan, deadline: float, log: list[Sent]) -> None:
     """One client: requests back to back until the deadline (the one in flight then is finished)."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake
 
     rng = random.Random(plan.seed * 100_003 + index)
     tenants = sorted(plan.keys)
@@ -268,16 +270,21 @@ async def stream(index: int, plan: Plan, deadline: float, log: list[Sent]) -> No
             sent, text, voice = _next_request(rng, plan, tenant, protocol)
             log.append(sent)
             try:
+                if protocol == "rest":
+                    reader_writer = await asyncio.wait_for(_open(host, port, sent.behaviour != "complete"), 30)
+                elif ws is None:
+                    ws = await connect(f"ws://{host}:{port}/v1/stream", max_size=None, open_timeout=30,
+                                       sock=await asyncio.wait_for(_small_buffer_socket(host, port), 30),
+                                       max_queue=4,  # frames held before reading pauses: a stall holds
+                                       additional_headers={"Authorization": f"Bearer {plan.keys[tenant]}"})
+            except (OSError, InvalidHandshake) as exc:  # no connection (or no handshake): no request was made
+                sent.outcome, sent.error_code = "error", f"connect: {type(exc).__name__}"
+                continue
+            try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     if protocol == "rest":
-                        await rest_request(host, port, plan.keys[tenant], text, voice, sent, rng)
-                        continue
-                    if ws is None:
-                        ws = await connect(f"ws://{host}:{port}/v1/stream", max_size=None, open_timeout=30,
-                                           sock=await _small_buffer_socket(host, port),
-                                           max_queue=4,  # frames held before reading pauses: a stall holds
-                                           additional_headers={"Authorization": f"Bearer {plan.keys[tenant]}"})
-                    if not await ws_utterance(ws, text, voice, sent, rng):
+                        await rest_request(reader_writer, host, port, plan.keys[tenant], text, voice, sent, rng)
+                    elif not await ws_utterance(ws, text, voice, sent, rng):
                         await ws.close()
                         ws = None
             except TimeoutError:
@@ -285,8 +292,11 @@ async def stream(index: int, plan: Plan, deadline: float, log: list[Sent]) -> No
                 if ws is not None:
                     ws.transport.abort()
                     ws = None
-            except OSError as exc:  # could not connect at all: nothing reached the service
-                sent.outcome, sent.error_code = "error", f"connect: {type(exc).__name__}"
+            except Exception as exc:  # whatever else a client meets is counted, never the end of the run
+                sent.outcome, sent.error_code = "error", f"client: {type(exc).__name__}"
+                if ws is not None:
+                    ws.transport.abort()
+                    ws = None
     finally:
         if ws is not None:
             await ws.close()
@@ -319,6 +329,7 @@ class Reconciliation:
     missing: list = dataclasses.field(default_factory=list)  # (Sent, why a row was expected)
     wrong: list = dataclasses.field(default_factory=list)  # (Sent, Row, what is wrong)
     extra: list = dataclasses.field(default_factory=list)  # (Row, why it should not be there)
+    unchecked: list = dataclasses.field(default_factory=list)  # Sent whose client failed on its own side
 
     @property
     def ok(self) -> bool:
@@ -326,6 +337,7 @@ class Reconciliation:
 
 
 def expects_row(sent: Sent) -> bool:
+    """False for a request refused before billing, or one that never reached the service."""
     if sent.outcome == "error":
         return sent.error_code not in NO_ROW_CODES and not sent.error_code.startswith("connect:")
     return True
@@ -339,6 +351,9 @@ def reconcile(sent: list[Sent], rows: list[Row]) -> Reconciliation:
     for request in sent:
         row = by_id.get(request.request_id)
         seen.add(request.request_id)
+        if request.error_code.startswith("client:"):
+            result.unchecked.append(request)  # the client itself failed: nobody knows what the server saw
+            continue
         if not expects_row(request):
             if row is not None:
                 result.extra.append((row, f"the request was refused with {request.error_code}, before billing"))
@@ -376,7 +391,8 @@ def kind(request: Sent) -> str:
 
 def print_reconciliation(result: Reconciliation, rows: int, sent: int, show: int = 5) -> None:
     print(f"\nusage rows: {rows} for the load's tenants, {sent} requests sent; "
-          f"{result.matched} rows match their request")
+          f"{result.matched} rows match their request"
+          + (f"; {len(result.unchecked)} requests not checked (the client failed)" if result.unchecked else ""))
     if result.ok:
         print("reconciliation: OK, every request has its row (status, characters, audio seconds) and no row is extra")
         return
