@@ -408,9 +408,11 @@ def print_reconciliation(result: Reconciliation, rows: int, sent: int, show: int
         for item in items[:show]:
             print(f"    e.g. {item[0].request_id} ({kind(item[0])}, {item[0].tenant})")
         if title == "wrong":
-            billed = sum(row.audio_seconds for _, row, _ in items)
-            received = sum(request.audio_seconds for request, _, _ in items)
-            print(f"    these rows bill {billed:.1f} s of audio; their clients received {received:.1f} s")
+            for protocol in ("rest", "ws"):
+                mine = [(request, row) for request, row, _ in items if request.protocol == protocol]
+                if mine:
+                    print(f"    {protocol}: {len(mine)} rows bill {sum(row.audio_seconds for _, row in mine):.1f} s "
+                          f"of audio; their clients received {sum(r.audio_seconds for r, _ in mine):.1f} s")
     if result.extra:
         print(f"reconciliation: {len(result.extra)} extra rows")
         for row, why in result.extra[:show]:
@@ -499,8 +501,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def reproduce_command(argv: list[str]) -> str:
     python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
-    database = os.environ.get("DATABASE_URL")
-    prefix = f"DATABASE_URL={shlex.quote(database)} " if database else ""
+    prefix = "".join(f"{name}={shlex.quote(os.environ[name])} " for name in ("DATABASE_URL", "REDIS_URL")
+                     if os.environ.get(name))
     return f"cd {shlex.quote(str(ROOT))} && {prefix}{shlex.join([python, 'bench/load.py', *argv])}"
 
 
