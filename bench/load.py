@@ -13,8 +13,9 @@ one asyncio client that sends requests back to back until the time is up: a shar
 WebSocket API (`/v1/stream`, one connection for many utterances, one utterance at a time), the others stream
 `POST /v1/synthesize`. Each request is, at random: complete (read at full speed), disconnect or abort (the
 client hangs up after a little audio: half of them close the connection cleanly, with the WebSocket closing
-handshake, the other half reset it, as a crashed client would), or stall (the client reads at the audio's real-time rate, as a phone bridge plays
-it out, through a small receive buffer, so the server's backpressure holds it).
+handshake, the other half reset it, as a crashed client would), or stall (the client reads at the audio's
+real-time rate, as a phone bridge plays it out, through a small receive buffer, so the server's backpressure
+holds it).
 
 It prints first audio p50/p95 (request sent -> first audio byte), requests by outcome, errors by code, and the
 reconciliation: for every request sent, its usage row must exist with the right status (`success` for a
@@ -114,7 +115,7 @@ async def _open(host: str, port: int, small_buffer: bool):
 
 async def _body_pieces(reader: asyncio.StreamReader, headers: dict):
     """The response body as it arrives: chunked, Content-Length, or up to the end of the connection."""
-    if "chunked" in headers.get("transfer-encoding", ""):
+    if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
@@ -167,9 +168,10 @@ async def rest_request(connection, host: str, port: int, key: str, text: str, vo
         for line in head[1:]:
             if ":" in line:
                 name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip().lower()
+                headers[name.strip().lower()] = value.strip()
         if status != 200:
-            sent.outcome, sent.error_code = "error", _error_code(b"".join([p async for p in _body_pieces(reader, headers)]))
+            error = b"".join([piece async for piece in _body_pieces(reader, headers)])
+            sent.outcome, sent.error_code = "error", _error_code(error)
             return
         sent.sample_rate = int(headers.get("x-sample-rate", "0"))
         received = 0
@@ -559,7 +561,8 @@ def main(argv=None) -> int:
                 ports = [free_port() for _ in range(args.web)]
                 env = bench_env(data_dir, ports[0])
                 env.update(DATABASE_URL=os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir / 'load.sqlite3'}",
-                           REDIS_URL=args.redis_url, TTS_EMBEDDED_WORKER="0", TTS_JOB_QUEUE=f"cw:tts:jobs:load-{run_id}")
+                           REDIS_URL=args.redis_url, TTS_EMBEDDED_WORKER="0",
+                           TTS_JOB_QUEUE=f"cw:tts:jobs:load-{run_id}")
                 targets = [(HOST, port) for port in ports]
             django_setup(env)
             from django.core.management import call_command
