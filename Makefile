@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: install run test bench worker clean
+.PHONY: install run test bench load worker clean
 
 # Re-installs only when requirements.txt changed since the last install.
 $(VENV)/.installed: requirements.txt
@@ -30,6 +30,11 @@ bench: install
 	$(PY) bench/topology.py
 	$(PY) bench/xtts_vocoder.py
 	$(PY) bench/xtts_batch.py
+
+# 20 streams for 1 minute against a topology it starts (DATABASE_URL, REDIS_URL); LOAD_ARGS for more, e.g.
+# make load LOAD_ARGS="--streams 100 --minutes 5" (see README, Performance).
+load: install
+	$(PY) bench/load.py $(LOAD_ARGS)
 
 worker: install
 	$(PY) manage.py tts_worker

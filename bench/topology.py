@@ -129,6 +129,14 @@ def run_level(port: int, key: str, streams: int, requests: int) -> dict:
     }
 
 
+def start_worker(env: dict, log_file, capacity: int = 32) -> subprocess.Popen:
+    """One eSpeak `manage.py tts_worker` process, logging at INFO (each job's start is logged) into log_file."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "tts_worker", "--engines", "espeak", "--capacity", str(capacity)],
+        cwd=ROOT, env={**env, "LOG_LEVEL": "INFO"}, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+
+
 def repeated_starts(log_text: str) -> tuple[int, int]:
     """(jobs that reached an engine, of those how many more than once), from the workers' logs."""
     starts = collections.Counter(re.findall(r"job (\w+) started", log_text))
@@ -147,11 +155,7 @@ def run_topology(name: str, extra_env: dict, with_worker: bool, requests: int) -
         with open(data_dir / "server.log", "w") as log:
             try:
                 for _ in range(WORKERS if with_worker else 0):
-                    processes.append(subprocess.Popen(
-                        [sys.executable, "manage.py", "tts_worker", "--engines", "espeak", "--capacity", "32"],
-                        cwd=ROOT, env={**env, "LOG_LEVEL": "INFO"},  # INFO: each job's start is logged
-                        stdout=log, stderr=subprocess.STDOUT,
-                    ))
+                    processes.append(start_worker(env, log))
                 server = start_server(env, port, log)
                 processes.append(server)
                 wait_until_healthy(server, port)
