@@ -5,6 +5,11 @@ from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
 
+class ClientGone(Exception):
+    """Raised out of a WebSocket's `send` (callwaiting.middleware) once its client has hung up or read nothing
+    for TTS_CLIENT_STALL_TIMEOUT: whatever was sending stops, and the exchange is billed as disconnected."""
+
+
 class ApiError(exceptions.APIException):
     """Raise from services and views; rendered in the one error shape."""
 

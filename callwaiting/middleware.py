@@ -24,6 +24,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from callwaiting.errors import ClientGone
 from callwaiting.limits import body_limit, too_large_body
 from synthesis.worker import ensure_embedded_worker
 
@@ -163,16 +164,12 @@ class RequestCleanupMiddleware:
                 await cleanup()
 
 
-class _ClientStalled(Exception):
-    """Raised out of `send` to stop a WebSocket app whose client read nothing for TTS_CLIENT_STALL_TIMEOUT."""
-
-
 def _stop_app(kind: str) -> BaseException:
     """What `send` raises to stop an app whose client is gone or stalled. For HTTP it is what Django expects
     when a client disconnects during its response (CancelledError): Django then finishes the request as usual,
     closing the response and returning the request's database connection. Any other exception would skip that,
     and with a connection pool every such request would keep a connection for good."""
-    return asyncio.CancelledError() if kind == "http" else _ClientStalled()
+    return asyncio.CancelledError() if kind == "http" else ClientGone()
 
 
 @implementer(IPushProducer)
@@ -195,22 +192,40 @@ class _SocketWritable:
 
 
 class Delivery:
-    """How much of a streamed HTTP response reached the client, as far as the server can tell (in the request's
-    scope as "callwaiting.delivery" under daphne): body bytes handed to the connection, how many of them had left
-    this machine at the last look (the socket's send queue and twisted's buffer subtracted), and whether the
-    client took all of it (`complete`) rather than going away first. Billing reads it: a client that drops
-    mid-stream is billed for what it received, not for what was made."""
+    """How much of what a connection sent reached the client, as far as the server can tell (in the scope as
+    "callwaiting.delivery" under daphne, for HTTP and WebSocket): bytes handed to the connection, and how many
+    of them the client's side has acknowledged (the socket's send queue and twisted's buffer subtracted).
+    Billing reads it: a stream is a success once the client has all of it (`received`), and a client that
+    went away is billed for what it got, not for what was made."""
 
-    def __init__(self):
+    def __init__(self, connection):
+        self.connection = connection  # () -> the twisted transport while the connection is up, else None
         self.sent = 0
         self.delivered = 0
-        self.complete = False
 
-    def observe(self, connection) -> None:
-        """Update `delivered` from the connection's queues while it is up."""
-        queued = _queued_bytes(connection)
-        if queued is not None:
-            self.delivered = max(self.delivered, self.sent - queued)
+    def observe(self) -> bool:
+        """Update `delivered` from the connection's queues; False once the connection is gone."""
+        queued = _queued_bytes(self.connection())
+        if queued is None:
+            return False
+        self.delivered = max(self.delivered, self.sent - queued)
+        return True
+
+    async def received(self, timeout: float) -> bool:
+        """Wait (by polling: twisted reports no acknowledgements) until the client has everything sent so far:
+        True; False if it went away first, or took nothing for `timeout` seconds (then it is dropped)."""
+        loop = asyncio.get_running_loop()
+        deadline, delivered = loop.time() + timeout, self.delivered
+        while self.observe():
+            if self.delivered >= self.sent:
+                return True
+            if self.delivered > delivered:  # progress: the client is reading
+                deadline, delivered = loop.time() + timeout, self.delivered
+            elif loop.time() > deadline:
+                self.connection().abortConnection()
+                return False
+            await asyncio.sleep(0.02)
+        return False
 
 
 def _queued_bytes(connection) -> int | None:
@@ -227,25 +242,6 @@ def _queued_bytes(connection) -> int | None:
     return buffered + in_kernel
 
 
-async def _drain(channel, delivery: Delivery, timeout: float) -> None:
-    """After the last byte of a streamed response: wait (briefly, by polling: twisted reports no kernel acks)
-    until the client has acknowledged everything, or is gone, or took nothing for `timeout` seconds (then it is
-    dropped). Sets delivery.complete when it all arrived."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    delivered = -1
-    while (up := channel()) is not None:
-        delivery.observe(up.transport)
-        if delivery.delivered >= delivery.sent:
-            delivery.complete = True
-            return
-        if delivery.delivered > delivered:  # progress: the client is reading
-            delivered, deadline = delivery.delivered, asyncio.get_running_loop().time() + timeout
-        elif asyncio.get_running_loop().time() > deadline:
-            up.transport.abortConnection()
-            return
-        await asyncio.sleep(0.02)
-
-
 class DaphneStreamingMiddleware:
     """Two things streamed audio needs that daphne does not do; under other servers it passes through.
 
@@ -260,8 +256,7 @@ class DaphneStreamingMiddleware:
     no message for that, and daphne, given the exception, would try to start a 500 on a response already
     started and leave the connection hanging; so the TCP connection is aborted.
 
-    Delivery (HTTP): what of a streamed body reached the client (Delivery, in the scope), so that a client that
-    went away is billed for what it got; at the end it waits for the client to take the rest."""
+    Delivery: what of a stream reached the client (Delivery, in the scope), for billing."""
 
     # Per protocol: the message that carries data, and the one that ends the exchange.
     _DATA = {"http": "http.response.body", "websocket": "websocket.send"}
@@ -276,8 +271,8 @@ class DaphneStreamingMiddleware:
             return await self.app(scope, receive, send)
         kind = scope["type"]
         writable = _SocketWritable()
-        started = registered = streamed = False
-        delivery = scope["callwaiting.delivery"] = Delivery() if kind == "http" else None
+        started = registered = False
+        delivery = scope["callwaiting.delivery"] = Delivery(lambda: getattr(channel(), "transport", None))
 
         def channel():
             """The connection's twisted HTTPChannel while the connection is up: the transport calls it when the
@@ -295,10 +290,9 @@ class DaphneStreamingMiddleware:
             registered = False
 
         async def paced_send(message):
-            nonlocal started, registered, streamed
+            nonlocal started, registered
             started = started or message["type"] == "http.response.start"
             more = message["type"] == self._DATA[kind] and (kind == "websocket" or message.get("more_body", False))
-            streamed = streamed or more
             if more and not registered and (up := channel()) is not None:
                 up.registerProducer(writable, True)
                 registered = True
@@ -306,14 +300,14 @@ class DaphneStreamingMiddleware:
                     writable.pauseProducing()  # twisted tells a producer only about later changes
             if message["type"] == self._END[kind] and not more:
                 unregister()  # before the exchange ends, so a pipelined next request may register its own
-            if delivery is not None and message["type"] == "http.response.body":
-                if (up := channel()) is not None:
-                    delivery.observe(up.transport)
-                delivery.sent += len(message.get("body", b""))
+            if message["type"] == self._DATA[kind]:
+                delivery.observe()
+                delivery.sent += len(message.get("body" if kind == "http" else "bytes") or b"")
             await send(message)
-            if more and kind == "http" and registered and channel() is None:
+            if more and registered and channel() is None:
                 # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
-                # credit flowing, the whole clip) before Django delivers the disconnect to it.
+                # credit flowing, the whole clip; daphne drops what is sent to a closed WebSocket without a
+                # word) before it hears of the disconnect, and bill it as delivered.
                 raise _stop_app(kind)
             if more and not writable.event.is_set():
                 try:
@@ -325,15 +319,13 @@ class DaphneStreamingMiddleware:
                         up.transport.abortConnection()
                     # Stop the app now: it would otherwise run on into a dead connection before it hears of it.
                     raise _stop_app(kind) from None
-                if kind == "http" and channel() is None:
+                if channel() is None:
                     raise _stop_app(kind)  # woken because the connection is gone
 
         try:
             await self.app(scope, receive, paced_send)
-            if delivery is not None and streamed:
-                await _drain(channel, delivery, settings.TTS_CLIENT_STALL_TIMEOUT)
-        except _ClientStalled:
-            pass  # dropped on purpose; the app's own clean-up has recorded it
+        except ClientGone:
+            pass  # its client is gone; the app's own clean-up has recorded it
         except Exception:
             if not started or (up := channel()) is None:
                 raise

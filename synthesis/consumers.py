@@ -58,7 +58,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions, status
 
-from callwaiting.errors import ApiError, error_body, error_code, exception_body
+from callwaiting.errors import ApiError, ClientGone, error_body, error_code, exception_body
 from synthesis import audio
 from synthesis.dispatch import DispatchError
 from synthesis.serializers import StreamSynthesizeSerializer
@@ -111,6 +111,13 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
     return session
 
 
+def _in_thread(function):
+    """Database work of a connection, each call in a thread of the pool: Channels' default runs every
+    connection's calls in one thread shared by the whole process, so under load a handshake's key check waits
+    behind everyone else's work (and times out)."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 def _parse(text_data: str | None) -> dict:
     if text_data is None:
         raise ApiError("binary_frame", "Send JSON text frames; binary frames only flow from the server (audio).")
@@ -143,7 +150,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # Accept before checking the key: a refused handshake reaches the client as a bare HTTP 403.
         await self.accept()
         try:
-            self.api_key = await database_sync_to_async(_authenticate)(self.authorization)
+            self.api_key = await _in_thread(_authenticate)(self.authorization)
         except exceptions.APIException as exc:
             await self._fail(exc)
 
@@ -176,7 +183,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         except exceptions.ValidationError as exc:
             # As in REST, a request refused for its fields still gets its usage row.
             refused = SynthesisSession(api_key=self.api_key, request_id=request_id, named_by_client=named is not None)
-            await database_sync_to_async(refused.close)(UsageRecord.Status.ERROR, error_code(exc))
+            await refused.end(UsageRecord.Status.ERROR, error_code(exc))
             raise
         if len(self.queue) >= MAX_QUEUED:
             raise ApiError(
@@ -193,6 +200,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.current = self.queue.popleft()
             try:
                 done = await self._speak(self.current)
+            except ClientGone:  # hung up or stalled: the utterance is billed as such; nobody to tell
+                self.closing = True
+                return
             except exceptions.APIException as exc:
                 await self._close_with(exc)
                 return
@@ -205,7 +215,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _speak(self, utterance: Utterance) -> dict:
         """One utterance, from its checks to its last audio frame; returns the done frame."""
-        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.authorization, utterance))
+        admit = asyncio.ensure_future(_in_thread(_admit)(self.authorization, utterance))
         try:
             session = await asyncio.shield(admit)
         except asyncio.CancelledError:
@@ -214,6 +224,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if not admit.cancelled() and admit.exception() is None:
                 await admit.result().abandon()
             raise
+        session.attach_delivery(self.scope.get("callwaiting.delivery"))
         try:
             first = await session.start()
             await self._send_json({

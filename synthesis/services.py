@@ -3,6 +3,7 @@
 `prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
 `stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
 """
+import asyncio
 import hashlib
 import json
 import tempfile
@@ -143,7 +144,8 @@ class SynthesisSession:
         self.stream: WorkerStream | None = None
         self.first_audio_at: float | None = None
         self.pcm_bytes = 0  # audio made for this request
-        self.delivery = None  # callwaiting.middleware.Delivery of an HTTP response under daphne: what arrived
+        self.delivery = None  # callwaiting.middleware.Delivery under daphne: what reached the client
+        self._sent_before = 0
         self._slot_held = False
         self._closed = False
 
@@ -269,7 +271,7 @@ class SynthesisSession:
             self._audio(first)
         except DispatchError as exc:
             await self.stream.cancel()  # a no-op when dispatch failed; stops the job when we cut the audio
-            await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
+            await self.end(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
         return first
 
@@ -300,12 +302,12 @@ class SynthesisSession:
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
                 yield chunk
-            if self.stream.complete:  # else it was cancelled under us: the client is gone
-                if self.delivery is not None:
-                    # Made and handed over, not yet received: the server bills once the client has it (finish).
-                    outcome = None
-                else:
-                    outcome, code = UsageRecord.Status.SUCCESS, ""
+            # All made and handed over (else it was cancelled under us: the client is gone); a success once the
+            # client has received it, which can take a while: the socket's buffers hold megabytes.
+            if self.stream.complete and (
+                self.delivery is None or await self.delivery.received(settings.TTS_CLIENT_STALL_TIMEOUT)
+            ):
+                outcome, code = UsageRecord.Status.SUCCESS, ""
         except DispatchError as exc:
             outcome, code = UsageRecord.Status.ERROR, exc.code
             await self.stream.cancel()  # a no-op when the worker failed; stops it when we cut the audio
@@ -313,19 +315,13 @@ class SynthesisSession:
         finally:
             if outcome == UsageRecord.Status.CLIENT_DISCONNECTED:
                 await self.abandon()
-            elif outcome is not None:
-                await sync_to_async(self._close_and_release)(outcome, code)  # may end outside the request cycle
+            else:
+                await self.end(outcome, code)
 
-    async def finish(self) -> None:
-        """The HTTP exchange is over, however it ended (RequestCleanupMiddleware): a success if the whole clip
-        was made and the client received it all, else the client went away (the job is cancelled, and it is
-        billed for the audio it received). A no-op if the request was closed already."""
-        if self._closed:
-            return
-        if self.stream.complete and (self.delivery is None or self.delivery.complete):
-            await sync_to_async(self._close_and_release)(UsageRecord.Status.SUCCESS, "")
-        else:
-            await self.abandon()
+    def attach_delivery(self, delivery) -> None:
+        """What of the connection's output reached the client (callwaiting.middleware.Delivery), from here on."""
+        self.delivery = delivery
+        self._sent_before = delivery.sent if delivery is not None else 0
 
     async def abandon(self) -> None:
         """The client is gone before the audio was all out: cancel the job, bill what was sent. A no-op once
@@ -333,7 +329,14 @@ class SynthesisSession:
         if self._closed:
             return
         await self.stream.cancel()
-        await sync_to_async(self._close_and_release)(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
+        await self.end(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
+
+    async def end(self, outcome: str, error_code: str = "") -> None:
+        """close() from the event loop: in a thread of its own rather than the connection's shared one (a busy
+        WebSocket server must not queue its usage rows behind each other's database work), and shielded, so that
+        an exchange cancelled or killed meanwhile (daphne kills an app still running 10 s after its client
+        left) still writes its usage row."""
+        await asyncio.shield(sync_to_async(self._close_and_release, thread_sensitive=False)(outcome, error_code))
 
     def _close_and_release(self, outcome: str, error_code: str) -> None:
         """close(), then hand the database connection back: an abandoned exchange may end outside Django's
@@ -357,12 +360,12 @@ class SynthesisSession:
         except DispatchError as exc:
             body.close()
             await self.stream.cancel()
-            await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
+            await self.end(UsageRecord.Status.ERROR, exc.code)
             raise ApiError(exc.code, exc.message, exc.status) from None
         except BaseException:
             body.close()
             raise
-        await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
+        await self.end(UsageRecord.Status.SUCCESS, "")
         if header:
             body.seek(0)
             body.write(audio.wav_header(sample_rate=self.sample_rate, data_bytes=self.pcm_bytes))
@@ -376,7 +379,7 @@ class SynthesisSession:
         if outcome != UsageRecord.Status.CLIENT_DISCONNECTED or self.delivery is None:
             return self.pcm_bytes
         header = audio.WAV_HEADER_BYTES if self.audio_format == "wav" else 0
-        received = max(0, min(self.pcm_bytes, self.delivery.delivered - header))
+        received = max(0, min(self.pcm_bytes, self.delivery.delivered - self._sent_before - header))
         return received - received % audio.SAMPLE_WIDTH
 
     def close(self, outcome: str, error_code: str = "") -> None:

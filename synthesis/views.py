@@ -90,12 +90,11 @@ async def synthesize(request):
         body.seek(0)
         return StreamingHttpResponse(_file_chunks(body), content_type=content_type,
                                      headers={**headers, "Content-Length": str(size)})
-    # However the exchange ends, the session is closed once it is over (RequestCleanupMiddleware): a success
-    # when the client received the whole clip, else cancelled and billed for what it received.
+    # However the exchange ends, an unfinished stream is cancelled and billed (see RequestCleanupMiddleware).
+    session.attach_delivery(request.scope.get("callwaiting.delivery"))
     cleanups = request.scope.get("callwaiting.cleanups")
     if cleanups is not None:
-        session.delivery = request.scope.get("callwaiting.delivery")
-        cleanups.append(session.finish)
+        cleanups.append(session.abandon)
     return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 

@@ -268,3 +268,27 @@ def test_a_client_that_resets_mid_stream_is_billed_for_what_it_received_not_as_a
     # What it read (1.1 s) and what its kernel had taken for it (the socket's receive buffer, ~1 s here); not
     # what the server made into its own send queue, which it never received.
     assert seconds < 50_000 / 2 / 22050 + 3
+
+
+def test_a_websocket_listener_that_resets_after_the_audio_was_made_is_billed_for_what_it_received(fresh_server):
+    import sqlite3
+    import struct as struct_module
+
+    server = fresh_server
+    websocket = _websocket(server)
+    websocket.send(json.dumps({"type": "synthesize", "text": " ".join(LONG_TEXT.split(". ")[:25])}))
+    assert json.loads(websocket.recv(timeout=20))["type"] == "start"
+    received = 0
+    while received < 50_000:
+        received += len(websocket.recv(timeout=20))
+    _until(lambda: all(worker["load"] == 0 for worker in _workers(server)), timeout=30)  # all made and sent
+    websocket.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct_module.pack("ii", 1, 0))
+    websocket.socket.close()
+
+    def row():
+        with sqlite3.connect(server["db"]) as database:
+            return database.execute("SELECT status, audio_seconds FROM tenants_usagerecord").fetchall()
+
+    [(status, seconds)] = _until(row, timeout=20)
+    assert status == "client_disconnected"
+    assert seconds < received / 2 / 22050 + 3
