@@ -202,12 +202,30 @@ class Delivery:
         self.connection = connection  # () -> the twisted transport while the connection is up, else None
         self.sent = 0
         self.delivered = 0
+        self._looked_at = (0, 0)  # (sent, queued) at the last look at the queues
+        self._watching: asyncio.Task | None = None
+
+    def handed_over(self, size: int) -> None:
+        """`size` bytes were given to the connection: count them, and look at the queues now and then until
+        the client has them (or is gone), so that `delivered` is current when the client hangs up."""
+        self.sent += size
+        if size and (self._watching is None or self._watching.done()):
+            self._watching = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.observe() and self.delivered < self.sent:
+            await asyncio.sleep(0.05)
 
     def observe(self) -> bool:
-        """Update `delivered` from the connection's queues; False once the connection is gone."""
+        """Update `delivered` from the connection's queues; False once the connection is gone. Then the queues
+        cannot be read any more: what was handed over since the last look counts as received if the client was
+        keeping up then (nothing was queued), else not."""
         queued = _queued_bytes(self.connection())
         if queued is None:
+            sent, queued = self._looked_at
+            self.delivered = max(self.delivered, self.sent - queued if queued == 0 else sent - queued)
             return False
+        self._looked_at = (self.sent, queued)
         self.delivered = max(self.delivered, self.sent - queued)
         return True
 
@@ -300,10 +318,9 @@ class DaphneStreamingMiddleware:
                     writable.pauseProducing()  # twisted tells a producer only about later changes
             if message["type"] == self._END[kind] and not more:
                 unregister()  # before the exchange ends, so a pipelined next request may register its own
-            if message["type"] == self._DATA[kind]:
-                delivery.observe()
-                delivery.sent += len(message.get("body" if kind == "http" else "bytes") or b"")
             await send(message)
+            if message["type"] == self._DATA[kind]:
+                delivery.handed_over(len(message.get("body" if kind == "http" else "bytes") or b""))
             if more and registered and channel() is None:
                 # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
                 # credit flowing, the whole clip; daphne drops what is sent to a closed WebSocket without a

@@ -329,6 +329,8 @@ class SynthesisSession:
         if self._closed:
             return
         await self.stream.cancel()
+        if self.delivery is not None:
+            self.delivery.observe()  # the last word on what the client received
         await self.end(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
 
     async def end(self, outcome: str, error_code: str = "") -> None:
