@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.frontend import Pause, Segment
 from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis, worker_inbox
 
@@ -170,7 +170,7 @@ class WorkerJob:
                     continue
                 self.answered = self.answered or message["type"] != "tts.accepted"
                 return message
-            if self.worker_id and not await asyncio.to_thread(workers.worker_alive, self.worker_id):
+            if self.worker_id and not await asyncio.to_thread(heartbeats.worker_alive, self.worker_id):
                 if self.answered:
                     await self._fail("worker_lost", "The model worker serving this request stopped; try again.")
                 logger.info("job %s: worker %s died before answering; waiting for another", self.job_id,

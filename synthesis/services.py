@@ -14,7 +14,7 @@ from django.db import close_old_connections
 from rest_framework import status
 
 from callwaiting.errors import ApiError
-from synthesis import audio, metrics, workers
+from synthesis import audio, heartbeats, metrics
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
 from synthesis.frontend import FrontendError, plain_text_segments, spoken_characters, ssml_segments
@@ -95,7 +95,7 @@ class SynthesisSession:
             raise ApiError("voice_not_ready", f"Voice '{voice.voice_id}' is {voice.status}{reason}", status.HTTP_409_CONFLICT)
         self.engine = voice.engine
         self.language = _voice_language(voice, data["language"])
-        engine_state = workers.engine_availability().get(voice.engine)
+        engine_state = heartbeats.engine_availability().get(voice.engine)
         if not engine_state or not engine_state["available"]:
             reason = engine_state["reason"] if engine_state else f"engine {voice.engine!r} is not configured"
             raise ApiError("engine_unavailable", f"Voice '{voice.voice_id}' cannot be served now: {reason}", 503)

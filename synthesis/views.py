@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from callwaiting.errors import ApiError, error_code, exception_body
-from synthesis import metrics, workers
+from synthesis import heartbeats, metrics
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
 from tenants.api import TenantApiView
@@ -113,8 +113,8 @@ class HealthView(APIView):
             database = {"ok": True, "vendor": connection.vendor}
         except Exception as exc:  # the health check must report, not crash
             database = {"ok": False, "error": str(exc)}
-        engines = workers.engine_availability()
-        live = workers.live_workers()
+        engines = heartbeats.engine_availability()
+        live = heartbeats.live_workers()
         any_engine = any(state["available"] for state in engines.values())
         if not database["ok"] or not any_engine:
             overall = "unhealthy"

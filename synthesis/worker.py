@@ -42,7 +42,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.audio import silence
 from synthesis.engines import LoadedEngine, load_engine
 from synthesis.engines.base import EngineError, Prosody
@@ -197,7 +197,7 @@ class ModelWorker:
             await self.queue.leave(self.worker_id)
         finally:
             heartbeat.cancel()
-            await asyncio.to_thread(workers.worker_gone, worker_id=self.worker_id)
+            await asyncio.to_thread(heartbeats.worker_gone, worker_id=self.worker_id)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -221,7 +221,7 @@ class ModelWorker:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(workers.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
+                await asyncio.to_thread(heartbeats.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
                 self.ready.set()
             except RuntimeError:
                 raise  # the event loop is shutting down (its executor is gone): nothing left to announce
@@ -263,7 +263,7 @@ class ModelWorker:
 
     @staticmethod
     async def _alive(worker_ids: list[str]) -> dict[str, bool]:
-        return await asyncio.to_thread(workers.workers_alive, worker_ids)
+        return await asyncio.to_thread(heartbeats.workers_alive, worker_ids)
 
     def _on_control(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from synthesis.engines.base import primary_language
-from synthesis.workers import engine_availability
+from synthesis.heartbeats import engine_availability
 from voices.models import Voice
 
 _CONFIG_FIELDS = ("name", "description", "language", "gender", "accent", "engine", "engine_settings")

@@ -4,7 +4,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
-from synthesis.workers import engine_availability
+from synthesis.heartbeats import engine_availability
 from tenants.api import TenantApiView
 from voices import services
 from voices.selectors import voice_get_for_tenant, voices_visible_to

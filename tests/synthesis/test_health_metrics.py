@@ -1,7 +1,7 @@
 import uuid
 
 
-from synthesis import workers
+from synthesis import heartbeats
 from tests.factories import issue_key
 
 
@@ -38,7 +38,7 @@ def test_no_worker_gives_503_in_bounded_time(asgi, settings):
     settings.TTS_EMBEDDED_WORKER = False
     settings.TTS_JOB_ACCEPT_TIMEOUT = 0.5
     # A heartbeat left by a worker that has since stopped reading jobs: the web side still must not hang.
-    workers.worker_heartbeat(
+    heartbeats.worker_heartbeat(
         worker_id="stale", info={"engines": {"espeak": {"available": True}}, "capacity": 1, "load": 0}
     )
     request_id = str(uuid.uuid4())

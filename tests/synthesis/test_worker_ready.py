@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.worker import ModelWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def announce(engines: list[str], **overrides) -> str:
     """A real worker loads its engines and sends one heartbeat, as its heartbeat loop does; returns its id."""
     worker = ModelWorker(engine_names=engines, capacity=1)
     async_to_sync(worker.load)()
-    workers.worker_heartbeat(worker_id=worker.worker_id, info={**worker.describe(), **overrides})
+    heartbeats.worker_heartbeat(worker_id=worker.worker_id, info={**worker.describe(), **overrides})
     return worker.worker_id
 
 

@@ -2,7 +2,7 @@ import socket
 
 from django.core.management.base import BaseCommand, CommandError
 
-from synthesis import workers
+from synthesis import heartbeats
 
 
 def _not_ready(reason: str) -> CommandError:
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         # In a pod the host name is the pod's name; every heartbeat carries the host its worker runs on.
         host = socket.gethostname()
         try:
-            live = workers.live_workers()
+            live = heartbeats.live_workers()
         except Exception as exc:  # the cache (Redis) is unreachable: say so instead of a traceback
             raise _not_ready(f"cannot read worker heartbeats: {exc}") from None
         mine = [info for info in live if info.get("host") == host]

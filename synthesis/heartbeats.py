@@ -1,6 +1,6 @@
-"""Where model workers announce themselves: a heartbeat per worker in Django's cache (Redis in production).
-
-The web tier reads this to know which engines are served, by whom, and with how much room.
+"""Worker heartbeats (the registry of live model workers): each worker process (synthesis/worker.py) writes one
+to Django's cache (Redis in production) every TTS_WORKER_HEARTBEAT_SECONDS; the web tier reads them to know
+which engines are served, by whom, and with how much room.
 """
 import time
 
