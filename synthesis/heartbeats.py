@@ -56,15 +56,46 @@ def live_workers() -> list[dict]:
 
 
 def engine_availability() -> dict[str, dict]:
-    """Per configured engine: available when at least one live worker serves it; else the reason why not."""
+    """Per configured engine, its `state`: `available` when at least one live worker serves it, `loading` when
+    none does yet but a live worker is still loading it (it will be served shortly), else `unavailable` with
+    the reason why."""
     workers = live_workers()
     out = {}
     for name in settings.TTS_ENGINES:
         serving = [w for w in workers if w["engines"].get(name, {}).get("available")]
         if serving:
-            out[name] = {**serving[0]["engines"][name], "workers": len(serving)}
+            out[name] = {**serving[0]["engines"][name], "state": "available", "workers": len(serving)}
+            continue
+        loading = [w for w in workers if w["engines"].get(name, {}).get("loading")]
+        if loading:
+            out[name] = {
+                "available": False, "state": "loading", "workers": 0,
+                "reason": f"the {name!r} engine is still loading on {len(loading)} model worker(s); try again shortly",
+            }
             continue
         reasons = {w["engines"][name]["reason"] for w in workers if name in w["engines"]}
-        reason = "; ".join(sorted(reasons)) or f"no live model worker serves the {name!r} engine"
-        out[name] = {"available": False, "reason": reason, "workers": 0}
+        reason = "; ".join(sorted(reasons)) or _NO_WORKER.format(name=name)
+        out[name] = {"available": False, "state": "unavailable", "reason": reason, "workers": 0}
     return out
+
+
+def engine_unavailable_error(engine: str, state: dict | None, subject: str):
+    """The 503 for a request that needs `engine` in `state` (from engine_availability): `engine_loading` with
+    Retry-After while a worker is still loading it, else `engine_unavailable` with the reason."""
+    from callwaiting.errors import ApiError
+
+    if state and state.get("state") == "loading":
+        return ApiError("engine_loading", f"{subject}: {state['reason']}.", 503,
+                        headers={"Retry-After": str(ENGINE_LOADING_RETRY_AFTER)})
+    reason = state["reason"] if state else f"engine {engine!r} is not configured"
+    # No worker at all is usually passing (workers restarting, heartbeats lost with a Redis restart); a worker
+    # that could not load the engine is not, so it gets no Retry-After.
+    passing = reason == _NO_WORKER.format(name=engine)
+    return ApiError("engine_unavailable", f"{subject}: {reason}", 503,
+                    headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)} if passing else None)
+
+
+_NO_WORKER = "no live model worker serves the {name!r} engine"
+NO_WORKER_RETRY_AFTER = 2
+# Seconds a client is told to wait while an engine loads (XTTS takes tens of seconds on a GPU).
+ENGINE_LOADING_RETRY_AFTER = 10

@@ -3,6 +3,7 @@
 `prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
 `stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
 """
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,8 @@ from tenants import services as tenant_services
 from tenants.models import ApiKey, UsageRecord
 from voices.models import Voice
 from voices.selectors import voice_get_for_tenant
+
+logger = logging.getLogger(__name__)
 
 
 def _voice_language(voice: Voice, requested: str) -> str:
@@ -97,8 +100,9 @@ class SynthesisSession:
         self.language = _voice_language(voice, data["language"])
         engine_state = heartbeats.engine_availability().get(voice.engine)
         if not engine_state or not engine_state["available"]:
-            reason = engine_state["reason"] if engine_state else f"engine {voice.engine!r} is not configured"
-            raise ApiError("engine_unavailable", f"Voice '{voice.voice_id}' cannot be served now: {reason}", 503)
+            raise heartbeats.engine_unavailable_error(
+                voice.engine, engine_state, f"Voice '{voice.voice_id}' cannot be served now"
+            )
         self._check_quota()
         self._take_stream_slot()
         self.stream = WorkerStream(
@@ -144,7 +148,7 @@ class SynthesisSession:
             first = await self.stream.start()
         except DispatchError as exc:
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise exc.api_error() from None
         self._audio(first)
         return first
 
@@ -204,7 +208,7 @@ class SynthesisSession:
                 parts.append(chunk)
         except DispatchError as exc:
             await sync_to_async(self.close)(UsageRecord.Status.ERROR, exc.code)
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise exc.api_error() from None
         await sync_to_async(self.close)(UsageRecord.Status.SUCCESS, "")
         pcm = b"".join(parts)
         return audio.wav_file(pcm, sample_rate=self.sample_rate) if self.audio_format == "wav" else pcm
@@ -222,6 +226,10 @@ class SynthesisSession:
                 cache.touch(key, _SLOT_TTL_SECONDS)
             except ValueError:
                 pass  # the counter expired meanwhile; nothing left to give back
+            except Exception:
+                # Redis is down: the usage row below still goes to the database. The counter keeps this slot
+                # until it expires (_SLOT_TTL_SECONDS after the last stream of the tenant started or ended).
+                logger.warning("request %s: could not release its stream slot", self.request_id, exc_info=True)
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None

@@ -43,7 +43,7 @@ class VoiceUploadView(TenantApiView):
         try:
             voice = services.voice_clone_start(tenant=self.tenant, **serializer.validated_data)
         except services.VoiceError as exc:
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise ApiError(exc.code, exc.message, exc.status, headers=exc.headers) from None
         return Response(_present(voice), status=status.HTTP_202_ACCEPTED)
 
 
