@@ -206,9 +206,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
             except exceptions.APIException as exc:
                 await self._close_with(exc)
                 return
-            except Exception:
-                logger.exception("stream %s failed", self.current.request_id)
-                await self._close_with(_INTERNAL_ERROR)
+            except Exception as exc:
+                error = as_api_error(exc)  # Redis unreachable: 4503 service_unavailable, not an internal error
+                if error is exc:
+                    logger.exception("stream %s failed", self.current.request_id)
+                await self._close_with(error if error is not exc else _INTERNAL_ERROR)
                 return
             self.current = None  # the audio is all out: a cancel from here on has nothing to stop
             await self._send_json(done)

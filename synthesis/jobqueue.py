@@ -155,11 +155,11 @@ _READ_BLOCK_MS = 1000
 _CONSUMER_SWEEP_SECONDS = 60.0
 
 
-# KEYS: the reply inbox, the job stream; ARGV: the inbox's time to live (ms), the packed job.
+# KEYS: the reply inbox, the job stream; ARGV: the inbox's time to live (ms), the field and the packed job.
 _SUBMIT_SCRIPT = """
 if redis.call('exists', KEYS[1]) == 0 then redis.call('xadd', KEYS[1], '*', 'open', '1') end
 redis.call('pexpire', KEYS[1], ARGV[1])
-return redis.call('xadd', KEYS[2], '*', 'm', ARGV[2])
+return redis.call('xadd', KEYS[2], '*', ARGV[2], ARGV[3])
 """
 
 
@@ -224,7 +224,7 @@ class RedisJobQueue(JobQueue):
         # Redis restarted empty it would otherwise be missing until its reader's next round, the job's answers
         # would be refused, and the client would wait TTS_JOB_ACCEPT_TIMEOUT for nothing.
         entry = await self._submit_script(
-            keys=[self._inbox_key(job["reply_to"]), self.stream], args=[_INBOX_TTL_MS, _pack(job)[_FIELD]],
+            keys=[self._inbox_key(job["reply_to"]), self.stream], args=[_INBOX_TTL_MS, _FIELD, _pack(job)[_FIELD]],
         )
         return _text(entry)
 
