@@ -3,44 +3,15 @@ private `redis-server` that the tests stop and start again: a Redis outage, and 
 import http.client
 import json
 import shutil
-import subprocess
 import threading
 import time
 import uuid
 
 import pytest
 
-from tests.test_server import _free_port, _wait_for_port
-from tests.test_topology import Topology
+from tests.test_topology import PrivateRedis, Topology
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, without persistence: a restart comes back empty, as a crashed Redis
-    without a volume does (the harder case: the consumer group, inboxes and heartbeats are all gone)."""
-
-    def __init__(self, tmp):
-        self.port = _free_port()
-        self.log = tmp / "redis.log"
-        self.process = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
-        )
-        _wait_for_port(self.port, self.process)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture

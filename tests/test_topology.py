@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,33 @@ def _database_url(tmp: Path) -> str:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{name}"')
     return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, without persistence: a restart comes back empty, as a crashed Redis
+    without a volume does (the harder case: the consumer group, inboxes and heartbeats are all gone)."""
+
+    def __init__(self, tmp):
+        self.port = _free_port()
+        self.log = tmp / "redis.log"
+        self.process = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(10)
 
 
 class Topology:
@@ -160,9 +188,13 @@ class Topology:
 
 @pytest.fixture
 def topology(tmp_path, tiny_xtts_dir):
-    running = Topology(tmp_path, tiny_xtts_dir)
+    # A Redis of its own where redis-server is installed: suites running side by side never flush each other's.
+    redis_server = PrivateRedis(tmp_path) if shutil.which("redis-server") else None
+    running = Topology(tmp_path, tiny_xtts_dir, redis_url=redis_server.url if redis_server else None)
     yield running
     running.stop()
+    if redis_server is not None:
+        redis_server.stop()
 
 
 def test_no_worker_gives_503_in_bounded_time(topology):
