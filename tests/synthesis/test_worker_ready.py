@@ -78,3 +78,12 @@ def test_not_ready_when_the_heartbeat_is_stale(capsys, settings):
     announce(["espeak"])
     time.sleep(0.1)
     assert "fresh heartbeat" in probe_fails(capsys)
+
+
+def test_not_ready_while_the_worker_is_still_loading_its_engines(capsys):
+    # What a worker announces between starting and having loaded everything (ModelWorker.start_heartbeat).
+    worker = ModelWorker(engine_names=["espeak", "xtts"], capacity=1)
+    assert worker.describe()["engines"]["xtts"] == {"available": False, "loading": True, "reason": "loading"}
+    heartbeats.worker_heartbeat(worker_id=worker.worker_id, info=worker.describe())
+    message = probe_fails(capsys)
+    assert "still loading" in message and "espeak, xtts" in message
