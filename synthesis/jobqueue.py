@@ -220,6 +220,8 @@ class RedisJobQueue(JobQueue):
     # --- jobs -----------------------------------------------------------------------------------------------
     async def submit(self, job: dict) -> str:
         await self._ensure_group()
+        if not job.get("reply_to"):
+            return _text(await self.redis.xadd(self.stream, _pack(job)))
         # One atomic step: the inbox the answers go to exists (again) before any worker can take the job. After
         # Redis restarted empty it would otherwise be missing until its reader's next round, the job's answers
         # would be refused, and the client would wait TTS_JOB_ACCEPT_TIMEOUT for nothing.
