@@ -99,3 +99,16 @@ def test_an_upload_while_the_cloning_engine_loads_says_so_with_retry_after(asgi,
     error = response.json()["error"]
     assert error["code"] == "engine_loading" and "still loading" in error["message"]
     assert "no live model worker" not in error["message"]
+
+
+def test_a_websocket_utterance_without_redis_gets_service_unavailable_and_4503(asgi, monkeypatch):
+    from tests.synthesis.test_websocket import _closed_with_error, _open, _synthesize
+
+    monkeypatch.setattr("tenants.throttling.get_usage", _refused)
+
+    async def scenario():
+        ws = await _open(asgi.key)
+        await _synthesize(ws, text="Is Redis there?")
+        return await _closed_with_error(ws, 4503)
+
+    assert asgi.run(scenario) == "service_unavailable"
