@@ -130,7 +130,7 @@ class HealthView(APIView):
                        for name in settings.TTS_ENGINES}
             live = []
         states = [state.get("state", "available" if state["available"] else "unavailable") for state in engines.values()]
-        if not database["ok"] or not redis["ok"]:
+        if not database["ok"] or not redis["ok"] or not states:
             overall = "unhealthy"
         elif all(state == "available" for state in states):
             overall = "ok"
