@@ -3,7 +3,9 @@
 `prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
 `stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
 """
+import collections
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +44,32 @@ def _voice_language(voice: Voice, requested: str) -> str:
 
 
 _SLOT_TTL_SECONDS = 3600
+
+
+# Stream slots this process could not give back while Redis was unreachable, per counter key: given back with
+# the tenant's next stream. A counter that is gone by then (it expired, or Redis restarted empty) owes nothing.
+_unreleased: collections.Counter = collections.Counter()
+_unreleased_lock = threading.Lock()
+
+
+def _release_slots(key: str, count: int) -> None:
+    try:
+        cache.decr(key, count)
+        cache.touch(key, _SLOT_TTL_SECONDS)
+    except ValueError:
+        pass  # the counter expired meanwhile; nothing left to give back
+    except Exception:
+        # Redis is down: the usage row still goes to the database; the slot is given back later.
+        with _unreleased_lock:
+            _unreleased[key] += count
+        raise
+
+
+def _release_owed_slots(key: str) -> None:
+    with _unreleased_lock:
+        owed = _unreleased.pop(key, 0)
+    if owed:
+        _release_slots(key, owed)
 
 
 def _stream_slot_key(tenant_id: int) -> str:
@@ -127,8 +155,12 @@ class SynthesisSession:
         # on first use, and its expiry is pushed back when a stream ends (close), so it lapses only after an
         # hour without any stream starting or ending, which heals slots leaked by a crashed process.
         try:
+            if _unreleased:  # slots this process could not give back during a Redis outage
+                _release_owed_slots(key)
             streams = cache.incr(key)
         except ValueError:
+            with _unreleased_lock:
+                _unreleased.pop(key, None)  # a new counter: nothing is owed to it
             cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
             streams = cache.incr(key)
         if streams > self.tenant.max_concurrent_streams:
@@ -220,16 +252,10 @@ class SynthesisSession:
             return
         self._closed = True
         if self._slot_held:
-            key = _stream_slot_key(self.tenant.pk)
             try:
-                cache.decr(key)
-                cache.touch(key, _SLOT_TTL_SECONDS)
-            except ValueError:
-                pass  # the counter expired meanwhile; nothing left to give back
-            except Exception:
-                # Redis is down: the usage row below still goes to the database. The counter keeps this slot
-                # until it expires (_SLOT_TTL_SECONDS after the last stream of the tenant started or ended).
-                logger.warning("request %s: could not release its stream slot", self.request_id, exc_info=True)
+                _release_slots(_stream_slot_key(self.tenant.pk), 1)
+            except Exception as exc:  # Redis is down: owed, and given back with the tenant's next stream
+                logger.warning("request %s: could not release its stream slot now (%s)", self.request_id, exc)
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None

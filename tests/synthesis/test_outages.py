@@ -56,6 +56,12 @@ def test_a_request_completed_while_redis_went_away_keeps_its_usage_row(asgi, mon
     assert response.status == 200 and response.complete and len(response.body) > 44
     row = UsageRecord.objects.get(request_id=request_id)
     assert row.status == "success" and row.audio_seconds > 0
+    slot_key = f"tts:streams:{asgi.tenant.pk}"
+    assert cache.get(slot_key) == 1  # still counted: Redis could not be told
+
+    monkeypatch.undo()  # Redis is back: the tenant's next stream gives the owed slot back
+    assert asgi.run(asgi.post, "/v1/synthesize", json={"text": "And again"}).status == 200
+    assert cache.get(slot_key) == 0
 
 
 def test_health_says_redis_is_down_with_503(asgi, monkeypatch, settings):
