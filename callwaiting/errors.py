@@ -79,7 +79,30 @@ def exception_body(exc: exceptions.APIException) -> dict:
     return error_body(error_code(exc), message)
 
 
+# Seconds a client is told to wait when a backing service (Redis) cannot be reached.
+SERVICE_RETRY_AFTER = 2
+
+
+def service_unavailable(exc: BaseException) -> ApiError:
+    """Redis (rate limits, stream slots, worker heartbeats, job queue) cannot be reached: a 503 the client may
+    retry, never a 500."""
+    return ApiError(
+        "service_unavailable",
+        f"Redis (rate limits, model-worker registry, job queue) cannot be reached; try again shortly. ({exc})",
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(SERVICE_RETRY_AFTER)},
+    )
+
+
+def as_api_error(exc: BaseException) -> BaseException:
+    """An outage of a backing service becomes its 503 ApiError; anything else is returned as it is."""
+    from callwaiting.redis_client import is_redis_error
+
+    return service_unavailable(exc) if is_redis_error(exc) else exc
+
+
 def api_exception_handler(exc, context):
+    exc = as_api_error(exc)
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected exceptions become Django's 500

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from callwaiting import redis_client
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VERSION = "0.1.0"
 
@@ -127,6 +129,8 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "cw",
+            # Fail fast while Redis is down (callers answer 503), reconnect stale connections once it is back.
+            "OPTIONS": redis_client.sync_options(),
         }
     }
     CHANNEL_LAYERS = {

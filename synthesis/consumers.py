@@ -58,7 +58,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions, status
 
-from callwaiting.errors import ApiError, ClientGone, error_body, error_code, exception_body
+from callwaiting.errors import ApiError, ClientGone, as_api_error, error_body, error_code, exception_body
 from synthesis import audio
 from synthesis.dispatch import DispatchError
 from synthesis.serializers import StreamSynthesizeSerializer
@@ -98,16 +98,23 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
     """Everything before the audio, in one thread: the key again (it may have been revoked since the
     handshake), the tenant's rate limits, then the session's own checks. Raises APIException."""
     api_key = _authenticate(authorization)
-    if wait := tenant_rate_wait(api_key):
+    try:
+        wait = tenant_rate_wait(api_key)
+    except Exception as exc:
+        raise as_api_error(exc)  # Redis down: 4503 service_unavailable rather than an internal error
+    if wait:
         raise exceptions.Throttled(wait=wait)
     session = SynthesisSession(
         api_key=api_key, request_id=utterance.request_id, named_by_client=utterance.named_by_client
     )
     try:
         session.prepare(utterance.data)
-    except ApiError as exc:
-        session.close(UsageRecord.Status.ERROR, exc.code)
-        raise
+    except Exception as exc:
+        error = as_api_error(exc)
+        if not isinstance(error, ApiError):
+            raise
+        session.close(UsageRecord.Status.ERROR, error.code)
+        raise error from None
     return session
 
 
@@ -206,9 +213,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
             except exceptions.APIException as exc:
                 await self._close_with(exc)
                 return
-            except Exception:
-                logger.exception("stream %s failed", self.current.request_id)
-                await self._close_with(_INTERNAL_ERROR)
+            except Exception as exc:
+                error = as_api_error(exc)  # Redis unreachable: 4503 service_unavailable, not an internal error
+                if error is exc:
+                    logger.exception("stream %s failed", self.current.request_id)
+                await self._close_with(error if error is not exc else _INTERNAL_ERROR)
                 return
             self.current = None  # the audio is all out: a cancel from here on has nothing to stop
             await self._send_json(done)
@@ -243,7 +252,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     if chunk:
                         await self.send(bytes_data=chunk)
         except DispatchError as exc:  # the worker failed mid-stream; stream_body has billed it as an error
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise exc.api_error() from None
         return {
             "type": "done", "request_id": str(session.request_id), "characters": session.characters,
             "audio_seconds": round(audio.pcm_seconds(session.pcm_bytes, session.sample_rate), 4),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.frontend import Pause, Segment
 from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis, worker_inbox
 
@@ -29,6 +29,17 @@ class DispatchError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+    def api_error(self):
+        """The error for the client; a 503 (no worker, job queue unreachable, worker lost) may be retried."""
+        from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError
+
+        headers = {"Retry-After": str(SERVICE_RETRY_AFTER)} if self.status == 503 else None
+        return ApiError(self.code, self.message, self.status, headers=headers)
+
+
+def _queue_unavailable(exc: BaseException) -> DispatchError:
+    return DispatchError("queue_unavailable", f"The job queue (Redis) cannot be reached; try again shortly. ({exc})")
 
 
 def _segment_message(segment: Segment) -> dict:
@@ -128,7 +139,11 @@ class WorkerJob:
         from synthesis.worker import ensure_embedded_worker
 
         ensure_embedded_worker()
-        self._router = await reply_router()
+        try:
+            self._router = await reply_router()
+        except Exception as exc:  # Redis unreachable: this process's inbox cannot be opened
+            self.finished = True
+            raise _queue_unavailable(exc) from None
         self._replies = self._router.open(self.job_id)
         accept_timeout = settings.TTS_JOB_ACCEPT_TIMEOUT
         message = {
@@ -139,7 +154,7 @@ class WorkerJob:
             self.entry = await self._router.queue.submit(message)
         except Exception as exc:  # Redis unreachable
             self._finish()
-            raise DispatchError("queue_unavailable", f"The job queue cannot be reached: {exc}") from None
+            raise _queue_unavailable(exc) from None
         await self._next(accept_timeout)
 
     async def _next(self, timeout: float) -> dict:
@@ -170,7 +185,7 @@ class WorkerJob:
                     continue
                 self.answered = self.answered or message["type"] != "tts.accepted"
                 return message
-            if self.worker_id and not await asyncio.to_thread(workers.worker_alive, self.worker_id):
+            if self.worker_id and not await self._worker_alive():
                 if self.answered:
                     await self._fail("worker_lost", "The model worker serving this request stopped; try again.")
                 logger.info("job %s: worker %s died before answering; waiting for another", self.job_id,
@@ -188,6 +203,15 @@ class WorkerJob:
                     "no_worker_available", f"No model worker took the job within {timeout:g} s; try again shortly."
                 )
             await self._fail("worker_timeout", f"The model worker did not answer for {timeout:g} s.")
+
+    async def _worker_alive(self) -> bool:
+        """Whether the job's worker still beats. Redis unreachable: neither its answers nor its heartbeat can
+        arrive, so the job fails now as the queue's outage (503), not later as a timeout or a crash."""
+        try:
+            return await asyncio.to_thread(heartbeats.worker_alive, self.worker_id)
+        except Exception as exc:
+            error = _queue_unavailable(exc)
+            await self._fail(error.code, error.message)
 
     async def _fail(self, code: str, message: str):
         """Give the job up everywhere (its worker frees the slot at once), then raise."""

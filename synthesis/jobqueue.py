@@ -84,6 +84,9 @@ class JobQueue(ABC):
         """Put a message in an inbox; with `ack`, acknowledge that job in the same step. False when the
         inbox's reader is gone."""
 
+    async def ensure_inbox(self, name: str) -> None:
+        """Make this process's own inbox `name` exist again if it was lost (Redis restarted empty)."""
+
     async def close(self) -> None:
         """Stop the readers (the event loop is ending)."""
 
@@ -152,6 +155,14 @@ _READ_BLOCK_MS = 1000
 _CONSUMER_SWEEP_SECONDS = 60.0
 
 
+# KEYS: the reply inbox, the job stream; ARGV: the inbox's time to live (ms), the field and the packed job.
+_SUBMIT_SCRIPT = """
+if redis.call('exists', KEYS[1]) == 0 then redis.call('xadd', KEYS[1], '*', 'open', '1') end
+redis.call('pexpire', KEYS[1], ARGV[1])
+return redis.call('xadd', KEYS[2], '*', ARGV[2], ARGV[3])
+"""
+
+
 def _pack(message: dict) -> dict:
     return {_FIELD: msgpack.packb(message, use_bin_type=True)}
 
@@ -163,6 +174,13 @@ def _unpack(fields: dict | None) -> dict | None:
     return message if isinstance(message, dict) else None
 
 
+def _no_group(exc: BaseException) -> bool:
+    """The job stream or its consumer group is gone: Redis restarted without its data, or was flushed."""
+    import redis.exceptions
+
+    return isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc)
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -171,10 +189,13 @@ class RedisJobQueue(JobQueue):
     def __init__(self, url: str):
         import redis.asyncio as redis
 
-        self.redis = redis.Redis.from_url(url)
+        from callwaiting.redis_client import async_options
+
+        self.redis = redis.Redis.from_url(url, **async_options())
         self.stream = settings.TTS_JOB_QUEUE
         self.prefix = f"{self.stream}:inbox:"
         self._group_ready = False
+        self._submit_script = self.redis.register_script(_SUBMIT_SCRIPT)
         self._readers: list[asyncio.Task] = []
         self._closed = False
         self._next_sweep = 0.0
@@ -199,7 +220,15 @@ class RedisJobQueue(JobQueue):
     # --- jobs -----------------------------------------------------------------------------------------------
     async def submit(self, job: dict) -> str:
         await self._ensure_group()
-        return _text(await self.redis.xadd(self.stream, _pack(job)))
+        if not job.get("reply_to"):
+            return _text(await self.redis.xadd(self.stream, _pack(job)))
+        # One atomic step: the inbox the answers go to exists (again) before any worker can take the job. After
+        # Redis restarted empty it would otherwise be missing until its reader's next round, the job's answers
+        # would be refused, and the client would wait TTS_JOB_ACCEPT_TIMEOUT for nothing.
+        entry = await self._submit_script(
+            keys=[self._inbox_key(job["reply_to"]), self.stream], args=[_INBOX_TTL_MS, _FIELD, _pack(job)[_FIELD]],
+        )
+        return _text(entry)
 
     async def withdraw(self, entry: str) -> None:
         # Not yet read: it never will be. Already read (pending): the worker has it; its first answer reaches
@@ -215,9 +244,9 @@ class RedisJobQueue(JobQueue):
                 _GROUP, consumer, {self.stream: ">"}, count=1, block=max(1, int(timeout * 1000)),
             )
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _no_group(exc):
                 raise
-            self._group_ready = False  # the stream was deleted (e.g. FLUSHDB): made again next time
+            self._group_ready = False  # the stream was deleted (FLUSHDB, a restart): made again next time
             return None
         for _stream, entries in answer or ():
             for entry, fields in entries:
@@ -230,6 +259,15 @@ class RedisJobQueue(JobQueue):
 
     async def claim_orphans(self, consumer, alive, limit) -> list[Delivery]:
         await self._ensure_group()
+        try:
+            return await self._claim_orphans(consumer, alive, limit)
+        except Exception as exc:
+            if not _no_group(exc):
+                raise
+            self._group_ready = False  # nothing is pending in a group that is gone; made again next time
+            return []
+
+    async def _claim_orphans(self, consumer, alive, limit) -> list[Delivery]:
         idle_ms = int(settings.TTS_WORKER_DEAD_AFTER * 1000)
         pending = await self.redis.xpending_range(self.stream, _GROUP, "-", "+", 100, idle=idle_ms)
         owners = {_text(item["consumer"]) for item in pending} - {consumer}
@@ -269,12 +307,19 @@ class RedisJobQueue(JobQueue):
 
     async def ack(self, delivery: Delivery) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.xack(self.stream, _GROUP, delivery.entry).xdel(self.stream, delivery.entry).execute()
+            # A group that is gone (Redis restarted empty) has nothing left to acknowledge.
+            await pipe.xack(self.stream, _GROUP, delivery.entry).xdel(self.stream, delivery.entry).execute(
+                raise_on_error=False
+            )
 
     async def leave(self, consumer: str) -> None:
-        pending = await self.redis.xpending_range(self.stream, _GROUP, "-", "+", 1, consumername=consumer)
-        if not pending:
-            await self.redis.xgroup_delconsumer(self.stream, _GROUP, consumer)
+        try:
+            pending = await self.redis.xpending_range(self.stream, _GROUP, "-", "+", 1, consumername=consumer)
+            if not pending:
+                await self.redis.xgroup_delconsumer(self.stream, _GROUP, consumer)
+        except Exception as exc:
+            if not _no_group(exc):
+                raise
 
     # --- inboxes --------------------------------------------------------------------------------------------
     async def open_inbox(self, name: str, on_message: OnMessage) -> None:
@@ -284,29 +329,48 @@ class RedisJobQueue(JobQueue):
         await self.redis.pexpire(key, _INBOX_TTL_MS)
         self._readers.append(asyncio.create_task(self._read_inbox(key, last_id, on_message)))
 
+    async def ensure_inbox(self, name: str) -> None:
+        key = self._inbox_key(name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.pexpire(key, _INBOX_TTL_MS)
+            exists, _ = await pipe.execute()
+        if not exists:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.xadd(key, {b"open": b"1"}).pexpire(key, _INBOX_TTL_MS).execute()
+
     async def _read_inbox(self, key: str, last_id: str, on_message: OnMessage) -> None:
         """The inbox's one reader. Each round trip refreshes the inbox's expiry, deletes what the previous one
         read, and waits for more after the last id seen; a Redis outage is retried from that same id."""
         read: list[str] = [last_id]
+        failing = False
         while not self._closed:
             try:
+                if failing:  # Redis is back, maybe empty: the inbox exists again before the next blocking read
+                    await self.ensure_inbox(key[len(self.prefix):])
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.pexpire(key, _INBOX_TTL_MS)
                     if read:
                         pipe.xdel(key, *read)
                     pipe.xread({key: last_id}, count=500, block=_READ_BLOCK_MS)
                     results = await pipe.execute()
+                if not results[0]:  # gone (expired, or Redis restarted empty) while unrefreshed: open it again
+                    await self.redis.xadd(key, {b"open": b"1"})
+                    await self.redis.pexpire(key, _INBOX_TTL_MS)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 if self._closed:  # redis-py turns a cancelled read into a connection error
                     return
-                logger.exception("reading inbox %s failed; retrying", key)
-                await asyncio.sleep(0.5)
+                # Redis is down: log it once per outage, not twice a second; retried from the same id.
+                if not failing:
+                    logger.warning("reading inbox %s failed (%s); retrying until Redis answers", key, exc)
+                failing = True
+                await asyncio.sleep(0.25)
                 continue
-            if not results[0]:  # expired while this process could not refresh it: open it again
-                await self.redis.xadd(key, {b"open": b"1"})
-                await self.redis.pexpire(key, _INBOX_TTL_MS)
+            if failing:
+                logger.warning("reading inbox %s again", key)
+                failing = False
             read = []
             for _stream, entries in results[-1] or ():
                 for entry, fields in entries:
@@ -326,7 +390,11 @@ class RedisJobQueue(JobQueue):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(key, _pack(message), nomkstream=True)
             pipe.xack(self.stream, _GROUP, ack.entry).xdel(self.stream, ack.entry)
-            results = await pipe.execute()
+            # The message counts; an acknowledgement refused because the group is gone (Redis restarted
+            # empty) had nothing left to acknowledge.
+            results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):
+            raise results[0]
         return results[0] is not None
 
     async def close(self) -> None:

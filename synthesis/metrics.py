@@ -2,7 +2,7 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from synthesis import workers
+from synthesis import heartbeats
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 REGISTRY = CollectorRegistry()
@@ -24,7 +24,7 @@ ACTIVE_STREAMS = Gauge("tts_active_streams", "Synthesis streams in flight in thi
 
 class _WorkerCollector:
     def collect(self):
-        live = workers.live_workers()
+        live = heartbeats.live_workers()
         count = GaugeMetricFamily("tts_workers_live", "Model workers with a fresh heartbeat.")
         count.add_metric([], len(live))
         capacity = GaugeMetricFamily("tts_worker_capacity", "Concurrent jobs a worker accepts.", labels=["worker"])

@@ -4,9 +4,12 @@
 `stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
 """
 import asyncio
+import collections
 import hashlib
 import json
+import logging
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +21,7 @@ from django.db import close_old_connections
 from rest_framework import status
 
 from callwaiting.errors import ApiError
-from synthesis import audio, metrics, workers
+from synthesis import audio, heartbeats, metrics
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
 from synthesis.frontend import FrontendError, Pause, plain_text_segments, spoken_characters, ssml_segments
@@ -27,6 +30,8 @@ from tenants import services as tenant_services
 from tenants.models import ApiKey, UsageRecord
 from voices.models import Voice
 from voices.selectors import voice_get_for_tenant
+
+logger = logging.getLogger(__name__)
 
 
 def _voice_language(voice: Voice, requested: str) -> str:
@@ -46,6 +51,12 @@ _SLOT_TTL_SECONDS = 3600
 _IN_FLIGHT_TTL_SECONDS = 900  # a request id's claim outlives any request; a crashed process's claim lapses
 
 
+# Counts this process could not give back while Redis was unreachable, per counter key: given back with the
+# key's next use. A counter that is gone by then (it expired, or Redis restarted empty) owes nothing.
+_unreleased: collections.Counter = collections.Counter()
+_unreleased_lock = threading.Lock()
+
+
 def _stream_slot_key(tenant_id: int) -> str:
     return f"tts:streams:{tenant_id}"
 
@@ -55,20 +66,34 @@ def _counter_incr(key: str) -> int:
     One round trip in the usual case: made on first use, and their expiry is pushed back as streams end
     (_counter_decr), so they lapse only after an hour without any change, which heals counts leaked by a
     crashed process."""
+    if _unreleased:
+        with _unreleased_lock:
+            owed = _unreleased.pop(key, 0)
+        if owed:
+            _counter_decr(key, owed)
     try:
         return cache.incr(key)
     except ValueError:
+        with _unreleased_lock:
+            _unreleased.pop(key, None)  # a new counter: nothing is owed to it
         cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
         return cache.incr(key)
 
 
-def _counter_decr(key: str) -> int | None:
+def _counter_decr(key: str, count: int = 1) -> int | None:
+    """Give back `count`; None when there was nothing to give back to, or Redis is down (then it is owed, and
+    the usage row is written all the same)."""
     try:
-        left = cache.decr(key)
+        left = cache.decr(key, count)
         cache.touch(key, _SLOT_TTL_SECONDS)
         return left
     except ValueError:
         return None  # expired meanwhile; nothing left to give back
+    except Exception as exc:
+        with _unreleased_lock:
+            _unreleased[key] += count
+        logger.warning("could not give back %s now (%s); it is owed", key, exc)
+        return None
 
 
 class _EngineShare:
@@ -190,10 +215,11 @@ class SynthesisSession:
             raise ApiError("voice_not_ready", f"Voice '{voice.voice_id}' is {voice.status}{reason}", status.HTTP_409_CONFLICT)
         self.engine = voice.engine
         self.language = _voice_language(voice, data["language"])
-        engine_state = workers.engine_availability().get(voice.engine)
+        engine_state = heartbeats.engine_availability().get(voice.engine)
         if not engine_state or not engine_state["available"]:
-            reason = engine_state["reason"] if engine_state else f"engine {voice.engine!r} is not configured"
-            raise ApiError("engine_unavailable", f"Voice '{voice.voice_id}' cannot be served now: {reason}", 503)
+            raise heartbeats.engine_unavailable_error(
+                voice.engine, engine_state, f"Voice '{voice.voice_id}' cannot be served now"
+            )
         already_billed = self._claim_request_id()
         if not already_billed:
             self._check_quota()
@@ -272,7 +298,7 @@ class SynthesisSession:
         except DispatchError as exc:
             await self.stream.cancel()  # a no-op when dispatch failed; stops the job when we cut the audio
             await self.end(UsageRecord.Status.ERROR, exc.code)
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise exc.api_error() from None
         return first
 
     @property
@@ -363,7 +389,7 @@ class SynthesisSession:
             body.close()
             await self.stream.cancel()
             await self.end(UsageRecord.Status.ERROR, exc.code)
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise exc.api_error() from None
         except BaseException:
             body.close()
             raise

@@ -8,8 +8,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from callwaiting.errors import ApiError, error_code, exception_body
-from synthesis import metrics, workers
+from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
+from synthesis import heartbeats, metrics
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
@@ -43,6 +43,7 @@ class SynthesizeView(TenantApiView):
             session.prepare(serializer.validated_data)
             return session, None
         except Exception as exc:
+            exc = as_api_error(exc)  # Redis down (rate limits, stream slots, heartbeats): 503, and a usage row
             if session is not None and isinstance(exc, exceptions.APIException):
                 session.close(UsageRecord.Status.ERROR, error_code(exc))
             response = self.finalize_response(drf_request, self.handle_exception(exc))
@@ -105,13 +106,18 @@ synthesize.view_class = SynthesizeView
 
 # What /v1/health shows of each live worker's heartbeat.
 _WORKER_FIELDS = (
-    "worker_id", "host", "pid", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",
+    "worker_id", "host", "pid", "loading", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",
     "batches", "heartbeat_at",
 )
 
 
 class HealthView(APIView):
-    """GET /v1/health: no key needed; 200 when serving (ok or degraded), 503 when it cannot serve at all."""
+    """GET /v1/health: no key needed; 200 while something can be served (ok, loading or degraded), 503 when
+    nothing can (unhealthy, or loading with no engine up yet), with Retry-After.
+
+    Engines are `available`, `loading` (a worker is still loading it: it will be served shortly) or
+    `unavailable` (with the reason). Redis (heartbeats, job queue, rate limits) and the database are reported
+    on their own, so an outage says what is down."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -124,15 +130,28 @@ class HealthView(APIView):
             database = {"ok": True, "vendor": connection.vendor}
         except Exception as exc:  # the health check must report, not crash
             database = {"ok": False, "error": str(exc)}
-        engines = workers.engine_availability()
-        live = workers.live_workers()
-        any_engine = any(state["available"] for state in engines.values())
-        if not database["ok"] or not any_engine:
+        redis = {"ok": True}
+        try:
+            engines = heartbeats.engine_availability()
+            live = heartbeats.live_workers()
+        except Exception as exc:  # the heartbeats live in Redis (production): say it is down
+            redis = {"ok": False, "error": f"Redis cannot be reached: {exc}"}
+            reason = "the model-worker registry (Redis) cannot be reached"
+            engines = {name: {"available": False, "state": "unavailable", "reason": reason, "workers": 0}
+                       for name in settings.TTS_ENGINES}
+            live = []
+        states = [state.get("state", "available" if state["available"] else "unavailable") for state in engines.values()]
+        if not database["ok"] or not redis["ok"] or not states:
             overall = "unhealthy"
-        elif all(state["available"] for state in engines.values()):
+        elif all(state == "available" for state in states):
             overall = "ok"
-        else:
+        elif all(state in ("available", "loading") for state in states):
+            overall = "loading"  # nothing is wrong: engines are still coming up
+        elif "available" in states:
             overall = "degraded"
+        else:
+            overall = "unhealthy"
+        serving = database["ok"] and redis["ok"] and "available" in states
         body = {
             "status": overall,
             "version": settings.VERSION,
@@ -145,7 +164,10 @@ class HealthView(APIView):
             ],
             "embedded_worker": settings.TTS_EMBEDDED_WORKER,
         }
-        return Response(body, status=503 if overall == "unhealthy" else 200)
+        if settings.REDIS_URL:
+            body["redis"] = redis
+        headers = None if serving else {"Retry-After": str(SERVICE_RETRY_AFTER)}
+        return Response(body, status=200 if serving else 503, headers=headers)
 
 
 class MetricsView(APIView):

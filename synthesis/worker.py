@@ -42,7 +42,8 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from synthesis import workers
+from callwaiting.redis_client import is_redis_error
+from synthesis import heartbeats
 from synthesis.audio import silence
 from synthesis.engines import LoadedEngine, load_engine
 from synthesis.engines.base import EngineError, Prosody
@@ -162,6 +163,9 @@ class ModelWorker:
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tts-load")
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # engines loaded and announced
+        self.loaded = False  # every engine has been loaded (or failed to); until then they show as loading
+        self._heartbeat: asyncio.Task | None = None
+        self._beat_now = asyncio.Event()
         self._job_tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -181,7 +185,15 @@ class ModelWorker:
         self._slots = asyncio.Semaphore(self.capacity)
         self._threads = ThreadPoolExecutor(max_workers=self.capacity + 1, thread_name_prefix="tts-engine")
         self.queue = job_queue()
-        await self.queue.open_inbox(worker_inbox(self.worker_id), self._on_control)
+        while True:  # Redis may be down when the worker starts: wait for it rather than exit
+            try:
+                await self.queue.open_inbox(worker_inbox(self.worker_id), self._on_control)
+                break
+            except Exception as exc:
+                logger.warning("worker %s: cannot open its inbox (%s); retrying", self.worker_id, exc)
+                await asyncio.sleep(settings.TTS_WORKER_HEARTBEAT_SECONDS)
+        self.loaded = True
+        self._beat_now.set()  # announce the loaded engines now (and become `ready`), not a beat later
 
     def _batching_engines(self) -> dict:
         """Engines that serve many streams together and report their batch (slots in use, step time)."""
@@ -192,18 +204,32 @@ class ModelWorker:
         """An engine cannot take more in real time (its slots are full, or its steps are too slow)."""
         return any(engine.saturated() for engine in self._batching_engines().values())
 
+    def start_heartbeat(self) -> None:
+        """Announce the worker from now on, every TTS_WORKER_HEARTBEAT_SECONDS. Started before the engines load
+        (XTTS takes a while), so the web tier answers "loading" with Retry-After in the meantime, instead of
+        "no worker serves this engine"."""
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+
     async def run(self) -> None:
-        if self.queue is None:
-            await self.load()
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        self.start_heartbeat()
         try:
+            if self.queue is None:
+                await self.load()
             await self._job_loop()
             # Graceful stop: no new jobs were taken; let the ones in flight finish.
             await asyncio.gather(*self._job_tasks, return_exceptions=True)
-            await self.queue.leave(self.worker_id)
+            try:
+                await self.queue.leave(self.worker_id)
+            except Exception:  # Redis down: the group's sweep removes this consumer later
+                logger.warning("worker %s: could not leave the consumer group", self.worker_id, exc_info=True)
         finally:
-            heartbeat.cancel()
-            await asyncio.to_thread(workers.worker_gone, worker_id=self.worker_id)
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            try:
+                await asyncio.to_thread(heartbeats.worker_gone, worker_id=self.worker_id)
+            except Exception:  # Redis down: the heartbeat expires by itself within TTS_WORKER_DEAD_AFTER
+                logger.warning("worker %s: could not withdraw its heartbeat", self.worker_id, exc_info=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -211,42 +237,67 @@ class ModelWorker:
     def describe(self) -> dict:
         parked = sum(job.waiting_for_client for job in self.jobs.values())
         return {
-            "engines": {name: loaded.status() for name, loaded in self.engines.items()},
+            "engines": {name: self._engine_status(name) for name in self.engine_names},
+            "loading": not self.loaded,
             "capacity": self.capacity,
             "load": len(self.jobs),
             "waiting_for_client": parked,
             "engines_paused": sum(job.buffer.engine_waiting for job in self.jobs.values()),
             # Taking jobs: a free slot, engines keeping up, not stopping. Parked streams keep their slots.
-            "accepting": len(self.jobs) < self.capacity and not self._stopping.is_set() and not self._saturated(),
+            "accepting": self.loaded and len(self.jobs) < self.capacity and not self._stopping.is_set()
+            and not self._saturated(),
             "batches": {name: engine.stats() for name, engine in self._batching_engines().items()},
             "jobs_started": self.jobs_started,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
 
+    def _engine_status(self, name: str) -> dict:
+        """What the heartbeat says of an engine. The worker takes jobs once all its engines are loaded, so until
+        then even an engine already loaded is announced as loading (one that failed says why at once)."""
+        loaded = self.engines.get(name)
+        if loaded is not None and (self.loaded or not loaded.available):
+            return loaded.status()
+        return {"available": False, "loading": True, "reason": "loading"}
+
     async def _heartbeat_loop(self) -> None:
+        failing = False
         while True:
             try:
-                await asyncio.to_thread(workers.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
-                self.ready.set()
+                loaded = self.loaded
+                await asyncio.to_thread(heartbeats.worker_heartbeat, worker_id=self.worker_id, info=self.describe())
+                if loaded:
+                    self.ready.set()
+                if failing:
+                    logger.warning("worker %s: heartbeat written again", self.worker_id)
+                failing = False
             except RuntimeError:
                 raise  # the event loop is shutting down (its executor is gone): nothing left to announce
-            except Exception:  # a cache outage must not kill the worker; the next beat retries
-                logger.exception("worker %s: heartbeat failed", self.worker_id)
-            await asyncio.sleep(settings.TTS_WORKER_HEARTBEAT_SECONDS)
+            except Exception as exc:  # a cache outage must not kill the worker; the next beat retries
+                if not failing:
+                    logger.warning("worker %s: heartbeat failed (%s); retrying every beat", self.worker_id, exc)
+                failing = True
+            try:  # the next beat: after the interval, or at once when the engines finish loading
+                await asyncio.wait_for(self._beat_now.wait(), settings.TTS_WORKER_HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._beat_now.clear()
 
     async def _job_loop(self) -> None:
         """Take a job only while a slot is free; between reads, claim the jobs of workers that died."""
         loop = asyncio.get_running_loop()
         next_claim = 0.0
+        failing = False  # Redis is unreachable: logged once per outage, retried every half second
         while not self._stopping.is_set():
             await self._slots.acquire()
-            if self._saturated():  # more would slow every stream down: leave the job to another worker
-                self._slots.release()
-                await asyncio.sleep(_SATURATED_RETRY_SECONDS)
-                continue
             deliveries = []
             try:
+                if self._saturated():  # more would slow every stream down: leave the job to another worker
+                    self._slots.release()
+                    await asyncio.sleep(_SATURATED_RETRY_SECONDS)
+                    continue
+                if failing:  # Redis is back, maybe empty: credit and cancel must reach this worker's inbox again
+                    await self.queue.ensure_inbox(worker_inbox(self.worker_id))
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + settings.TTS_WORKER_HEARTBEAT_SECONDS
                     deliveries = await self.queue.claim_orphans(self.worker_id, self._alive, limit=1)
@@ -254,8 +305,14 @@ class ModelWorker:
                     # A bounded wait, never cancelled (a cancelled read could lose a job Redis handed out).
                     taken = await self.queue.take(self.worker_id, settings.TTS_WORKER_HEARTBEAT_SECONDS)
                     deliveries = [taken] if taken else []
-            except Exception:
-                logger.exception("worker %s: reading the job queue failed", self.worker_id)
+                if failing:
+                    logger.warning("worker %s: reading the job queue again", self.worker_id)
+                failing = False
+            except Exception as exc:  # an outage of Redis must never end the worker: it serves again after
+                if not failing:
+                    logger.warning("worker %s: reading the job queue failed (%s); retrying", self.worker_id, exc,
+                                   exc_info=not is_redis_error(exc))
+                failing = True
                 await asyncio.sleep(0.5)
             if not deliveries:
                 self._slots.release()
@@ -269,7 +326,7 @@ class ModelWorker:
 
     @staticmethod
     async def _alive(worker_ids: list[str]) -> dict[str, bool]:
-        return await asyncio.to_thread(workers.workers_alive, worker_ids)
+        return await asyncio.to_thread(heartbeats.workers_alive, worker_ids)
 
     def _on_control(self, message: dict) -> None:
         job = self.jobs.get(message.get("job_id"))

@@ -15,3 +15,17 @@ class HeldEspeak(EspeakEngine):
         while not release.exists():
             time.sleep(0.01)
         return super().synthesize(**kwargs)
+
+
+class LoadHeldEspeak(EspeakEngine):
+    """eSpeak standing in for a slow-loading engine (XTTS on a GPU): `load()` returns only once the file named by
+    HELD_LOAD_RELEASE exists. Takes (and ignores) the options of whichever engine name it is plugged in as."""
+
+    def __init__(self, **options):
+        super().__init__(chunk_ms=100)
+
+    def load(self):
+        release = Path(os.environ["HELD_LOAD_RELEASE"])
+        while not release.exists():
+            time.sleep(0.01)
+        return super().load()

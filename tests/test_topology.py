@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,40 +31,74 @@ def _database_url(tmp: Path) -> str:
         return f"sqlite:///{tmp / 'db.sqlite3'}"
     import psycopg
 
+    # Named after the suite's own database, so that suites on other databases of one server never collide.
+    name = f"{urlsplit(url).path.lstrip('/') or 'callwaiting'}_topology"
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute("DROP DATABASE IF EXISTS callwaiting_topology WITH (FORCE)")
-        connection.execute("CREATE DATABASE callwaiting_topology")
-    return urlsplit(url)._replace(path="/callwaiting_topology").geturl()
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, without persistence: a restart comes back empty, as a crashed Redis
+    without a volume does (the harder case: the consumer group, inboxes and heartbeats are all gone)."""
+
+    def __init__(self, tmp):
+        self.port = _free_port()
+        self.log = tmp / "redis.log"
+        self.process = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(10)
 
 
 class Topology:
-    def __init__(self, tmp: Path, tiny_xtts_dir: Path):
+    """`redis_url`: the Redis every process uses (db 12 of REDIS_URL unless given; it is flushed first).
+    Without `tiny_xtts_dir` there is no XTTS model and no `slow_xtts` voice."""
+
+    def __init__(self, tmp: Path, tiny_xtts_dir: Path | None, redis_url: str | None = None, **env: str):
         self.tmp = tmp
         self.env = {
             **os.environ,
             "DATA_DIR": str(tmp),
             "DATABASE_URL": _database_url(tmp),
-            "REDIS_URL": urlsplit(os.environ["REDIS_URL"])._replace(path="/12").geturl(),
+            "REDIS_URL": redis_url or urlsplit(os.environ["REDIS_URL"])._replace(path="/12").geturl(),
             "TTS_EMBEDDED_WORKER": "0",
             "TTS_JOB_ACCEPT_TIMEOUT": "20",
-            "XTTS_MODEL_DIR": str(tiny_xtts_dir),
+            "XTTS_MODEL_DIR": str(tiny_xtts_dir or ""),
             "XTTS_DEVICE": "cpu",
             # A task whose Celery worker was killed is handed out again after 5 s instead of 15 minutes.
             "CELERY_VISIBILITY_TIMEOUT": "5",
             # A small PostgreSQL pool: a request that kept its connection would soon starve the others.
             "DATABASE_POOL_SIZE": "3",
+            **env,
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.workers: dict[str, subprocess.Popen] = {}
         self.manage("migrate", "--noinput", "-v0")
         self.key = self.manage("bootstrap_demo").strip().rsplit(" ", 1)[-1]
-        clip = tmp / "reference.wav"
-        clip.write_bytes(encode_wav(voice_like(5.0), 22050))
-        self.manage("shell", "-c", (
-            "from voices.models import Voice; from tenants.models import Tenant; "
-            f"Voice.objects.create(tenant=Tenant.objects.get(slug='demo'), voice_id='slow_xtts', name='x', "
-            f"engine='xtts', engine_settings={{'reference_audio': '{clip}'}})"
-        ))
+        if tiny_xtts_dir is not None:
+            clip = tmp / "reference.wav"
+            clip.write_bytes(encode_wav(voice_like(5.0), 22050))
+            self.manage("shell", "-c", (
+                "from voices.models import Voice; from tenants.models import Tenant; "
+                f"Voice.objects.create(tenant=Tenant.objects.get(slug='demo'), voice_id='slow_xtts', name='x', "
+                f"engine='xtts', engine_settings={{'reference_audio': '{clip}'}})"
+            ))
         import redis
 
         redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
@@ -106,10 +141,11 @@ class Topology:
 
         return redis.Redis.from_url(self.env["REDIS_URL"]).hlen("unacked")
 
-    def usage(self) -> list[dict]:
+    def usage(self, *fields: str) -> list[dict]:
+        fields = fields or ("status", "error_code")
         return json.loads(self.manage("shell", "-v0", "-c", (
-            "import json; from tenants.models import UsageRecord; "
-            "print(json.dumps(list(UsageRecord.objects.order_by('created_at').values('status', 'error_code'))))"
+            "import json; from tenants.models import UsageRecord; print(json.dumps(list("
+            f"UsageRecord.objects.order_by('created_at').values(*{list(fields)!r})), default=str))"
         )))
 
     def wait_for_workers(self, count: int, timeout=60) -> list[dict]:
@@ -137,10 +173,10 @@ class Topology:
         response = connection.getresponse()
         return response.status, json.loads(response.read())
 
-    def synthesize(self, **fields) -> http.client.HTTPResponse:
+    def synthesize(self, headers: dict | None = None, **fields) -> http.client.HTTPResponse:
         connection = self.connection()
         connection.request("POST", "/v1/synthesize", body=json.dumps(fields), headers={
-            "Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+            "Authorization": f"Bearer {self.key}", "Content-Type": "application/json", **(headers or {})})
         return connection.getresponse()
 
     def stop(self):
@@ -152,9 +188,13 @@ class Topology:
 
 @pytest.fixture
 def topology(tmp_path, tiny_xtts_dir):
-    running = Topology(tmp_path, tiny_xtts_dir)
+    # A Redis of its own where redis-server is installed: suites running side by side never flush each other's.
+    redis_server = PrivateRedis(tmp_path) if shutil.which("redis-server") else None
+    running = Topology(tmp_path, tiny_xtts_dir, redis_url=redis_server.url if redis_server else None)
     yield running
     running.stop()
+    if redis_server is not None:
+        redis_server.stop()
 
 
 def test_no_worker_gives_503_in_bounded_time(topology):

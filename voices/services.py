@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from synthesis.engines.base import primary_language
-from synthesis.workers import engine_availability
+from synthesis.heartbeats import engine_availability, engine_unavailable_error
 from voices.models import Voice
 
 _CONFIG_FIELDS = ("name", "description", "language", "gender", "accent", "engine", "engine_settings")
@@ -72,11 +72,12 @@ def voices_sync_preloaded(*, path: Path) -> dict[str, list[str]]:
 
 # --- cloning ---------------------------------------------------------------------------------------------------
 class VoiceError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400):
+    def __init__(self, code: str, message: str, status: int = 400, headers: dict | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.headers = headers or {}
 
 
 def _storage_prefix(voice: Voice) -> str:
@@ -84,9 +85,10 @@ def _storage_prefix(voice: Voice) -> str:
 
 
 def _check_cloning_engine(engine: str, language: str) -> None:
-    state = engine_availability().get(engine) or {"available": False, "reason": f"engine {engine!r} is not configured"}
-    if not state["available"]:
-        raise VoiceError("engine_unavailable", f"Voice cloning is unavailable: {state['reason']}", 503)
+    state = engine_availability().get(engine)
+    if not state or not state["available"]:
+        error = engine_unavailable_error(engine, state, "Voice cloning is unavailable")
+        raise VoiceError(error.code, error.message, error.status_code, error.headers)
     if not state.get("supports_cloning"):
         raise VoiceError("engine_cannot_clone", f"The {engine} engine cannot clone voices.", 422)
     if primary_language(language) not in {primary_language(code) for code in state["languages"]}:

@@ -5,7 +5,7 @@ from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
 from callwaiting.parsers import JSONParser
-from synthesis.workers import engine_availability
+from synthesis.heartbeats import engine_availability
 from tenants.api import TenantApiView
 from voices import services
 from voices.selectors import voice_get_for_tenant, voices_visible_to
@@ -44,7 +44,7 @@ class VoiceUploadView(TenantApiView):
         try:
             voice = services.voice_clone_start(tenant=self.tenant, **serializer.validated_data)
         except services.VoiceError as exc:
-            raise ApiError(exc.code, exc.message, exc.status) from None
+            raise ApiError(exc.code, exc.message, exc.status, headers=exc.headers) from None
         return Response(_present(voice), status=status.HTTP_202_ACCEPTED)
 
 

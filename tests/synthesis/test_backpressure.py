@@ -7,7 +7,7 @@ import time
 
 from asgiref.sync import async_to_sync
 
-from synthesis import workers
+from synthesis import heartbeats
 
 from synthesis.dispatch import JobSpec, WorkerStream
 from synthesis.frontend import plain_text_segments
@@ -43,7 +43,7 @@ def _parked(report: dict) -> bool:
 async def _next_heartbeat(worker, after: float) -> dict:
     """The first heartbeat the worker publishes after `after` (its heartbeat_at)."""
     def beat() -> dict | None:
-        return next((info for info in workers.live_workers() if info["worker_id"] == worker.worker_id), None)
+        return next((info for info in heartbeats.live_workers() if info["worker_id"] == worker.worker_id), None)
 
     await _until(lambda: (info := beat()) is not None and info["heartbeat_at"] > after)
     return beat()

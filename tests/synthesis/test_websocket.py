@@ -10,7 +10,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.audio import UNKNOWN_SIZE
 from synthesis.consumers import MAX_QUEUED
 from synthesis.services import SynthesisSession
@@ -368,7 +368,7 @@ def test_a_worker_dying_mid_stream_gets_worker_lost_and_4503(key, engine_tap, mo
             await _synthesize(ws, text="A sentence the worker will not live to finish.", request_id=request_id)
             assert (await ws.receive_json_from(TIMEOUT))["type"] == "start"
             assert isinstance(await ws.receive_from(TIMEOUT), bytes)
-            monkeypatch.setattr(workers, "worker_alive", lambda worker_id: False)  # its heartbeat stops
+            monkeypatch.setattr(heartbeats, "worker_alive", lambda worker_id: False)  # its heartbeat stops
             return await _closed_with_error(ws, 4503)
         finally:
             engine_tap.release()

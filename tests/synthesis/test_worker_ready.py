@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 
-from synthesis import workers
+from synthesis import heartbeats
 from synthesis.worker import ModelWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def announce(engines: list[str], **overrides) -> str:
     """A real worker loads its engines and sends one heartbeat, as its heartbeat loop does; returns its id."""
     worker = ModelWorker(engine_names=engines, capacity=1)
     async_to_sync(worker.load)()
-    workers.worker_heartbeat(worker_id=worker.worker_id, info={**worker.describe(), **overrides})
+    heartbeats.worker_heartbeat(worker_id=worker.worker_id, info={**worker.describe(), **overrides})
     return worker.worker_id
 
 
@@ -78,3 +78,12 @@ def test_not_ready_when_the_heartbeat_is_stale(capsys, settings):
     announce(["espeak"])
     time.sleep(0.1)
     assert "fresh heartbeat" in probe_fails(capsys)
+
+
+def test_not_ready_while_the_worker_is_still_loading_its_engines(capsys):
+    # What a worker announces between starting and having loaded everything (ModelWorker.start_heartbeat).
+    worker = ModelWorker(engine_names=["espeak", "xtts"], capacity=1)
+    assert worker.describe()["engines"]["xtts"] == {"available": False, "loading": True, "reason": "loading"}
+    heartbeats.worker_heartbeat(worker_id=worker.worker_id, info=worker.describe())
+    message = probe_fails(capsys)
+    assert "still loading" in message and "espeak, xtts" in message

@@ -27,6 +27,7 @@ class Command(BaseCommand):
         # SIGTERM: stop taking jobs, finish the ones in flight, exit.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+        worker.start_heartbeat()  # while the engines load, health and requests say "loading"
         await worker.load()
         self.stderr.write(f"tts_worker {worker.worker_id}: {worker.describe()['engines']}")
         await worker.run()

@@ -2,7 +2,7 @@ import socket
 
 from django.core.management.base import BaseCommand, CommandError
 
-from synthesis import workers
+from synthesis import heartbeats
 
 
 def _not_ready(reason: str) -> CommandError:
@@ -13,19 +13,22 @@ def _not_ready(reason: str) -> CommandError:
 class Command(BaseCommand):
     help = (
         "Readiness check for a tts_worker container (a Kubernetes exec probe): exit 0 when a worker on this "
-        "host has a fresh heartbeat and at least one available engine, else exit 1 with the reason on stderr."
+        "host has a fresh heartbeat, has loaded its engines and serves at least one, else exit 1 with the reason on stderr."
     )
 
     def handle(self, *args, **options):
         # In a pod the host name is the pod's name; every heartbeat carries the host its worker runs on.
         host = socket.gethostname()
         try:
-            live = workers.live_workers()
+            live = heartbeats.live_workers()
         except Exception as exc:  # the cache (Redis) is unreachable: say so instead of a traceback
             raise _not_ready(f"cannot read worker heartbeats: {exc}") from None
         mine = [info for info in live if info.get("host") == host]
         if not mine:
             raise _not_ready(f"no tts_worker on {host} has a fresh heartbeat")
+        loading = sorted({name for info in mine for name, engine in info["engines"].items() if engine.get("loading")})
+        if loading:
+            raise _not_ready(f"tts_worker on {host} is still loading {', '.join(loading)}")
         engines = [(name, engine) for info in mine for name, engine in info["engines"].items()]
         available = sorted({name for name, engine in engines if engine.get("available")})
         if not available:
