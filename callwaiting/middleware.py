@@ -203,30 +203,23 @@ class Delivery:
         self.sent = 0
         self.delivered = 0
         self._looked_at = (0, 0)  # (sent, queued) at the last look at the queues
-        self._watching: asyncio.Task | None = None
-
-    def handed_over(self, size: int) -> None:
-        """`size` bytes were given to the connection: count them, and look at the queues now and then until
-        the client has them (or is gone), so that `delivered` is current when the client hangs up."""
-        self.sent += size
-        if size and (self._watching is None or self._watching.done()):
-            self._watching = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while self.observe() and self.delivered < self.sent:
-            await asyncio.sleep(0.05)
+        self._stuck = False  # the last look found bytes queued and none taken since the look before
 
     def observe(self) -> bool:
         """Update `delivered` from the connection's queues; False once the connection is gone. Then the queues
-        cannot be read any more: what was handed over since the last look counts as received if the client was
-        keeping up then (nothing was queued), else not."""
+        cannot be read any more: if the client had stopped taking bytes (the queue stuck between two looks),
+        what was queued at the last look never reached it; else everything handed over counts as received (a
+        client that hangs up as soon as it has what it wanted, before the next look)."""
         queued = _queued_bytes(self.connection())
         if queued is None:
             sent, queued = self._looked_at
-            self.delivered = max(self.delivered, self.sent - queued if queued == 0 else sent - queued)
+            self.delivered = max(self.delivered, sent - queued if self._stuck else self.sent)
             return False
+        delivered = self.sent - queued
+        # Stuck: bytes were queued at the look before too, and none of them has been taken since.
+        self._stuck = queued > 0 and self._looked_at[1] > 0 and delivered <= self._looked_at[0] - self._looked_at[1]
         self._looked_at = (self.sent, queued)
-        self.delivered = max(self.delivered, self.sent - queued)
+        self.delivered = max(self.delivered, delivered)
         return True
 
     async def received(self, timeout: float) -> bool:
@@ -258,6 +251,19 @@ def _queued_bytes(connection) -> int | None:
     except (AttributeError, OSError, ValueError):
         in_kernel = 0
     return buffered + in_kernel
+
+
+async def _writable_again(writable: _SocketWritable, delivery: Delivery, timeout: float) -> None:
+    """Wait for the socket to take more, looking at what the client received meanwhile (for billing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not writable.event.is_set():
+        if loop.time() > deadline:
+            raise asyncio.TimeoutError
+        try:
+            await asyncio.wait_for(writable.event.wait(), min(0.1, max(0.0, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            delivery.observe()
 
 
 class DaphneStreamingMiddleware:
@@ -318,9 +324,10 @@ class DaphneStreamingMiddleware:
                     writable.pauseProducing()  # twisted tells a producer only about later changes
             if message["type"] == self._END[kind] and not more:
                 unregister()  # before the exchange ends, so a pipelined next request may register its own
-            await send(message)
             if message["type"] == self._DATA[kind]:
-                delivery.handed_over(len(message.get("body" if kind == "http" else "bytes") or b""))
+                delivery.observe()
+                delivery.sent += len(message.get("body" if kind == "http" else "bytes") or b"")
+            await send(message)
             if more and registered and channel() is None:
                 # The client hung up. Stop the app at once: it would otherwise stream on into the void (with
                 # credit flowing, the whole clip; daphne drops what is sent to a closed WebSocket without a
@@ -328,7 +335,7 @@ class DaphneStreamingMiddleware:
                 raise _stop_app(kind)
             if more and not writable.event.is_set():
                 try:
-                    await asyncio.wait_for(writable.event.wait(), settings.TTS_CLIENT_STALL_TIMEOUT)
+                    await _writable_again(writable, delivery, settings.TTS_CLIENT_STALL_TIMEOUT)
                 except asyncio.TimeoutError:
                     logger.info("dropping %s: its client read nothing for %g s", scope["path"],
                                 settings.TTS_CLIENT_STALL_TIMEOUT)
