@@ -11,13 +11,18 @@ class ClientGone(Exception):
 
 
 class ApiError(exceptions.APIException):
-    """Raise from services and views; rendered in the one error shape."""
+    """The one error type: a stable code, a message safe to show the client, and the HTTP status. Raised from
+    services, the front end, engines and the job queue alike; the REST handler renders it in the one error
+    shape, the WebSocket API sends that as a frame and closes with 4000 + status, and Celery tasks record its
+    message on what they were doing. Subclasses only say where an error came from, for `except` clauses."""
 
-    def __init__(self, code: str, message: str, status_code: int = status.HTTP_400_BAD_REQUEST, headers=None):
+    default_status = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, code: str, message: str, status_code: int | None = None, headers=None):
         super().__init__(detail=message, code=code)
         self.code = code
         self.message = message
-        self.status_code = status_code
+        self.status_code = status_code or self.default_status
         self.headers = headers or {}
 
     def as_dict(self) -> dict:

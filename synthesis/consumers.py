@@ -60,7 +60,6 @@ from rest_framework import exceptions, status
 
 from callwaiting.errors import ApiError, ClientGone, as_api_error, error_body, error_code, exception_body
 from synthesis import audio
-from synthesis.dispatch import DispatchError
 from synthesis.serializers import StreamSynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.authentication import authenticate_authorization_header
@@ -245,14 +244,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await session.abandon()
             raise
         # Cancelling this task (cancel, disconnect) closes the body generator, whose own cleanup cancels the
-        # worker job and bills the utterance as client_disconnected.
-        try:
-            async with aclosing(session.stream_body(first)) as body:
-                async for chunk in body:
-                    if chunk:
-                        await self.send(bytes_data=chunk)
-        except DispatchError as exc:  # the worker failed mid-stream; stream_body has billed it as an error
-            raise exc.api_error() from None
+        # worker job and bills the utterance as client_disconnected. A worker failing mid-stream (DispatchError, an
+        # ApiError) reaches the client as the error frame; stream_body has billed it as an error.
+        async with aclosing(session.stream_body(first)) as body:
+            async for chunk in body:
+                if chunk:
+                    await self.send(bytes_data=chunk)
         return {
             "type": "done", "request_id": str(session.request_id), "characters": session.characters,
             "audio_seconds": round(audio.pcm_seconds(session.pcm_bytes, session.sample_rate), 4),

@@ -17,25 +17,23 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from synthesis import heartbeats
+from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError
 from synthesis.frontend import Pause, Segment
 from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis, worker_inbox
 
 logger = logging.getLogger(__name__)
 
 
-class DispatchError(Exception):
-    def __init__(self, code: str, message: str, status: int = 503):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class DispatchError(ApiError):
+    """Dispatching a job or streaming its audio failed (no worker, job queue unreachable, worker lost, or the
+    worker's own error). A 503 may be retried: it says when."""
 
-    def api_error(self):
-        """The error for the client; a 503 (no worker, job queue unreachable, worker lost) may be retried."""
-        from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError
+    default_status = 503
 
-        headers = {"Retry-After": str(SERVICE_RETRY_AFTER)} if self.status == 503 else None
-        return ApiError(self.code, self.message, self.status, headers=headers)
+    def __init__(self, code: str, message: str, status_code: int | None = None):
+        status_code = status_code or self.default_status
+        headers = {"Retry-After": str(SERVICE_RETRY_AFTER)} if status_code == 503 else None
+        super().__init__(code, message, status_code, headers=headers)
 
 
 def _queue_unavailable(exc: BaseException) -> DispatchError:

@@ -10,14 +10,8 @@ import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 
+from callwaiting.errors import ApiError
 from synthesis.engines.base import Prosody
-
-
-class FrontendError(ValueError):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -80,10 +74,10 @@ def spoken_characters(segments: list[Segment]) -> int:
 def _duration_ms(value: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", value or "")
     if not match:
-        raise FrontendError("invalid_ssml", f"<break time={value!r}>: expected a duration such as '500ms' or '1.5s'")
+        raise ApiError("invalid_ssml", f"<break time={value!r}>: expected a duration such as '500ms' or '1.5s'")
     amount = float(match.group(1)) * (1000 if match.group(2) == "s" else 1)  # inf for absurdly long digit strings
     if not amount <= MAX_BREAK_MS:
-        raise FrontendError(
+        raise ApiError(
             "invalid_ssml", f"<break time={value.strip()[:40]!r}> is too long: a break lasts at most {MAX_BREAK_MS // 1000}s"
         )
     return int(amount)
@@ -106,7 +100,7 @@ def _relative(value: str, words: dict[str, float], attribute: str, bounds: tuple
     if decibels and (match := re.fullmatch(r"([+-]?\d+(?:\.\d+)?)db", value)):
         db = float(match.group(1))
         if not VOLUME_DB_RANGE[0] <= db <= VOLUME_DB_RANGE[1]:
-            raise FrontendError(
+            raise ApiError(
                 "invalid_ssml",
                 f"<prosody {attribute}={shown!r}> is out of range: from {VOLUME_DB_RANGE[0]:+g}dB to {VOLUME_DB_RANGE[1]:+g}dB",
             )
@@ -116,13 +110,13 @@ def _relative(value: str, words: dict[str, float], attribute: str, bounds: tuple
         sign, amount = match.group(1), float(match.group(2)) / 100  # inf for absurdly long digit strings
         multiplier = {"+": 1 + amount, "-": 1 - amount}.get(sign, amount)
         if not (math.isfinite(multiplier) and low <= multiplier <= high):
-            raise FrontendError(
+            raise ApiError(
                 "invalid_ssml",
                 f"<prosody {attribute}={shown!r}> is out of range: from {_percent(low)} to {_percent(high)} of normal "
                 f"(relative: {_percent(low - 1)} to +{_percent(high - 1)})",
             )
         return multiplier
-    raise FrontendError("invalid_ssml", f"<prosody {attribute}={shown!r}> is not a value this service understands")
+    raise ApiError("invalid_ssml", f"<prosody {attribute}={shown!r}> is not a value this service understands")
 
 
 def _clamp(value: float, bounds: tuple[float, float]) -> float:
@@ -165,7 +159,7 @@ class _SsmlWalker:
             else:
                 strength = element.attrib.get("strength", "medium")
                 if strength not in _BREAK_STRENGTH_MS:
-                    raise FrontendError("invalid_ssml", f"<break strength={strength!r}> is not a known strength")
+                    raise ApiError("invalid_ssml", f"<break strength={strength!r}> is not a known strength")
                 self.pause(_BREAK_STRENGTH_MS[strength])
             self.speak(element.tail, prosody)
             return
@@ -217,7 +211,7 @@ class _DepthLimitedBuilder(ET.TreeBuilder):
     def start(self, tag, attrs):
         self.depth += 1
         if self.depth > MAX_SSML_DEPTH:
-            raise FrontendError("invalid_ssml", f"SSML elements may be nested at most {MAX_SSML_DEPTH} deep")
+            raise ApiError("invalid_ssml", f"SSML elements may be nested at most {MAX_SSML_DEPTH} deep")
         return super().start(tag, attrs)
 
     def end(self, tag):
@@ -227,15 +221,15 @@ class _DepthLimitedBuilder(ET.TreeBuilder):
 
 def ssml_segments(ssml: str, speed: float = 1.0) -> list[Segment]:
     if "<!DOCTYPE" in ssml.upper() or "<!ENTITY" in ssml.upper():
-        raise FrontendError("invalid_ssml", "SSML must not contain a DOCTYPE or entity declarations")
+        raise ApiError("invalid_ssml", "SSML must not contain a DOCTYPE or entity declarations")
     parser = ET.XMLParser(target=_DepthLimitedBuilder())
     try:
         parser.feed(ssml.strip())
         root = parser.close()
     except ET.ParseError as exc:
-        raise FrontendError("invalid_ssml", f"SSML is not well-formed XML: {exc}") from None
+        raise ApiError("invalid_ssml", f"SSML is not well-formed XML: {exc}") from None
     if _local(root.tag) != "speak":
-        raise FrontendError("invalid_ssml", "SSML must have <speak> as its root element")
+        raise ApiError("invalid_ssml", "SSML must have <speak> as its root element")
     walker = _SsmlWalker(speed)
     walker.walk(root, walker.base)
     return walker.segments

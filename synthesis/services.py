@@ -24,7 +24,7 @@ from callwaiting.errors import ApiError
 from synthesis import audio, heartbeats, metrics
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
-from synthesis.frontend import FrontendError, Pause, plain_text_segments, spoken_characters, ssml_segments
+from synthesis.frontend import Pause, plain_text_segments, spoken_characters, ssml_segments
 from tenants import selectors as tenant_selectors
 from tenants import services as tenant_services
 from tenants.models import ApiKey, UsageRecord
@@ -179,15 +179,12 @@ class SynthesisSession:
         """Validate the request against voice, language, engine, quota and concurrency. Raises ApiError."""
         self.voice_id, self.streaming, self.audio_format = data["voice_id"], data["streaming"], data["format"]
         self.fingerprint = request_fingerprint(data)
-        try:
-            if data["ssml"].strip():
-                if len(data["ssml"]) > 4 * settings.TTS_MAX_TEXT_CHARS:
-                    raise ApiError("text_too_long", "SSML markup is too long.", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-                segments = ssml_segments(data["ssml"], speed=data["speed"])
-            else:
-                segments = plain_text_segments(data["text"], speed=data["speed"])
-        except FrontendError as exc:
-            raise ApiError(exc.code, exc.message) from None
+        if data["ssml"].strip():
+            if len(data["ssml"]) > 4 * settings.TTS_MAX_TEXT_CHARS:
+                raise ApiError("text_too_long", "SSML markup is too long.", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            segments = ssml_segments(data["ssml"], speed=data["speed"])
+        else:
+            segments = plain_text_segments(data["text"], speed=data["speed"])
         self.characters = spoken_characters(segments)
         pause_seconds = sum(s.milliseconds for s in segments if isinstance(s, Pause)) / 1000
         if pause_seconds > settings.TTS_MAX_AUDIO_SECONDS:
@@ -298,7 +295,7 @@ class SynthesisSession:
         except DispatchError as exc:
             await self.stream.cancel()  # a no-op when dispatch failed; stops the job when we cut the audio
             await self.end(UsageRecord.Status.ERROR, exc.code)
-            raise exc.api_error() from None
+            raise
         return first
 
     @property
@@ -389,7 +386,7 @@ class SynthesisSession:
             body.close()
             await self.stream.cancel()
             await self.end(UsageRecord.Status.ERROR, exc.code)
-            raise exc.api_error() from None
+            raise
         except BaseException:
             body.close()
             raise
@@ -416,7 +413,10 @@ class SynthesisSession:
             return
         self._closed = True
         if self._in_flight_claimed:
-            cache.delete(self._in_flight_key)
+            try:
+                cache.delete(self._in_flight_key)
+            except Exception as exc:  # Redis is down: the claim lapses by itself; the row is written all the same
+                logger.warning("request %s: could not release its request id now (%s)", self.request_id, exc)
         if self._slot_held:
             _counter_decr(_stream_slot_key(self.tenant.pk))
             self._share.release()

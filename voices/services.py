@@ -9,6 +9,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from callwaiting.errors import ApiError
 from synthesis.engines.base import primary_language
 from synthesis.heartbeats import engine_availability, engine_unavailable_error
 from voices.models import Voice
@@ -71,15 +72,6 @@ def voices_sync_preloaded(*, path: Path) -> dict[str, list[str]]:
 
 
 # --- cloning ---------------------------------------------------------------------------------------------------
-class VoiceError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400, headers: dict | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.headers = headers or {}
-
-
 def _storage_prefix(voice: Voice) -> str:
     return f"voices/{voice.tenant_id}/{voice.pk}"
 
@@ -88,11 +80,11 @@ def _check_cloning_engine(engine: str, language: str) -> None:
     state = engine_availability().get(engine)
     if not state or not state["available"]:
         error = engine_unavailable_error(engine, state, "Voice cloning is unavailable")
-        raise VoiceError(error.code, error.message, error.status_code, error.headers)
+        raise error
     if not state.get("supports_cloning"):
-        raise VoiceError("engine_cannot_clone", f"The {engine} engine cannot clone voices.", 422)
+        raise ApiError("engine_cannot_clone", f"The {engine} engine cannot clone voices.", 422)
     if primary_language(language) not in {primary_language(code) for code in state["languages"]}:
-        raise VoiceError(
+        raise ApiError(
             "unsupported_language", f"{engine} cannot speak '{language}'; it speaks {', '.join(state['languages'])}.", 422
         )
 
@@ -107,11 +99,11 @@ def voice_clone_start(*, tenant, voice_id: str, name: str, description: str, lan
     engine = settings.TTS_CLONING_ENGINE
     _check_cloning_engine(engine, language)
     if Voice.objects.filter(tenant__isnull=True, voice_id=voice_id).exists():
-        raise VoiceError("voice_exists", f"'{voice_id}' is the id of a preloaded voice; choose another.", 409)
+        raise ApiError("voice_exists", f"'{voice_id}' is the id of a preloaded voice; choose another.", 409)
     with transaction.atomic():
         existing = Voice.objects.select_for_update().filter(tenant=tenant, voice_id=voice_id).first()
         if existing is not None and existing.status != Voice.Status.FAILED:
-            raise VoiceError("voice_exists", f"This tenant already has a voice '{voice_id}'.", 409)
+            raise ApiError("voice_exists", f"This tenant already has a voice '{voice_id}'.", 409)
         if existing is not None:
             voice_delete(voice=existing)
         voice = Voice.objects.create(

@@ -41,10 +41,7 @@ class VoiceUploadView(TenantApiView):
             raise ApiError(
                 "upload_too_large", f"audio_file is over {settings.TTS_MAX_UPLOAD_BYTES} bytes.", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
             )
-        try:
-            voice = services.voice_clone_start(tenant=self.tenant, **serializer.validated_data)
-        except services.VoiceError as exc:
-            raise ApiError(exc.code, exc.message, exc.status, headers=exc.headers) from None
+        voice = services.voice_clone_start(tenant=self.tenant, **serializer.validated_data)
         return Response(_present(voice), status=status.HTTP_202_ACCEPTED)
 
 

@@ -3,6 +3,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from callwaiting.errors import ApiError
+
 
 def primary_language(code: str) -> str:
     """'en-US', 'en_us', 'EN' -> 'en': languages are matched on their primary subtag everywhere."""
@@ -13,13 +15,9 @@ class EngineUnavailable(Exception):
     """The engine is configured but cannot serve; the message says why, for /v1/health and 503 answers."""
 
 
-class EngineError(Exception):
-    """A request the engine refuses (bad voice settings, unsupported language...)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class EngineError(ApiError):
+    """A request the engine refuses (bad voice settings, unsupported language...): the worker passes its code
+    and message on to the client."""
 
 
 @dataclass(frozen=True)

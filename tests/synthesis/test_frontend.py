@@ -1,7 +1,8 @@
 import pytest
 
 from synthesis.engines.base import Prosody
-from synthesis.frontend import MAX_SSML_DEPTH, FrontendError, Pause, Speech, plain_text_segments, spoken_characters, ssml_segments
+from callwaiting.errors import ApiError
+from synthesis.frontend import MAX_SSML_DEPTH, Pause, Speech, plain_text_segments, spoken_characters, ssml_segments
 
 
 def test_plain_text_is_one_stretch_of_speech_with_whitespace_tidied():
@@ -17,7 +18,7 @@ def test_breaks_by_time_and_strength():
 
 def test_breaks_up_to_ten_seconds_and_longer_ones_are_refused_with_the_limit():
     assert ssml_segments('<speak>A<break time="10s"/>B</speak>')[1] == Pause(10_000)
-    with pytest.raises(FrontendError, match="at most 10s"):
+    with pytest.raises(ApiError, match="at most 10s"):
         ssml_segments('<speak>A<break time="10001ms"/>B</speak>')
 
 
@@ -34,7 +35,7 @@ def test_breaks_up_to_ten_seconds_and_longer_ones_are_refused_with_the_limit():
     ],
 )
 def test_prosody_values_out_of_range_are_refused_with_the_range(attribute, value, allowed):
-    with pytest.raises(FrontendError) as raised:
+    with pytest.raises(ApiError) as raised:
         ssml_segments(f'<speak><prosody {attribute}="{value}">x</prosody></speak>')
     assert raised.value.code == "invalid_ssml" and allowed in raised.value.message and attribute in raised.value.message
 
@@ -48,7 +49,7 @@ def test_prosody_at_its_limits_is_accepted_and_nesting_stays_within_them():
 
 def test_nesting_is_bounded_before_the_walk():
     assert ssml_segments("<speak>" + "<s>" * (MAX_SSML_DEPTH - 1) + "ok" + "</s>" * (MAX_SSML_DEPTH - 1) + "</speak>")
-    with pytest.raises(FrontendError, match=f"at most {MAX_SSML_DEPTH} deep"):
+    with pytest.raises(ApiError, match=f"at most {MAX_SSML_DEPTH} deep"):
         ssml_segments("<speak>" + "<s>" * MAX_SSML_DEPTH + "deep" + "</s>" * MAX_SSML_DEPTH + "</speak>")
 
 
@@ -95,6 +96,6 @@ def test_spoken_characters_count_text_not_markup():
     ],
 )
 def test_bad_ssml_is_a_clear_error(ssml):
-    with pytest.raises(FrontendError) as raised:
+    with pytest.raises(ApiError) as raised:
         ssml_segments(ssml)
     assert raised.value.code == "invalid_ssml" and raised.value.message
