@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from synthesis import heartbeats
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError
-from synthesis.frontend import Pause, Segment
+from synthesis import heartbeats, protocol
+from synthesis.frontend import Segment
 from synthesis.jobqueue import JobQueue, job_queue, new_inbox_name, uses_redis, worker_inbox
 
 logger = logging.getLogger(__name__)
@@ -38,13 +38,6 @@ class DispatchError(ApiError):
 
 def _queue_unavailable(exc: BaseException) -> DispatchError:
     return DispatchError("queue_unavailable", f"The job queue (Redis) cannot be reached; try again shortly. ({exc})")
-
-
-def _segment_message(segment: Segment) -> dict:
-    if isinstance(segment, Pause):
-        return {"pause_ms": segment.milliseconds}
-    prosody = segment.prosody
-    return {"text": segment.text, "rate": prosody.rate, "pitch": prosody.pitch, "volume": prosody.volume}
 
 
 @dataclass
@@ -84,12 +77,12 @@ class ReplyRouter:
         replies = self._jobs.get(job_id)
         if replies is not None:
             replies.put_nowait(message)
-        elif kind in ("tts.accepted", "tts.audio") and (job_id, worker_id) not in self._stopped:
+        elif kind in (protocol.ACCEPTED, protocol.AUDIO) and (job_id, worker_id) not in self._stopped:
             # A job this process no longer waits for (it gave up, its client left) is still running: stop it.
             self._stopped[(job_id, worker_id)] = None
             while len(self._stopped) > 1024:
                 self._stopped.pop(next(iter(self._stopped)))
-            cancel = {"type": "tts.cancel", "job_id": job_id}
+            cancel = {"type": protocol.CANCEL, "job_id": job_id}
             task = asyncio.ensure_future(self.queue.send(worker_inbox(worker_id), cancel))
             task.add_done_callback(lambda done: done.cancelled() or done.exception())  # best effort
 
@@ -173,7 +166,7 @@ class WorkerJob:
                 message = None
             if message is not None:
                 sender = message["worker_id"]
-                if message["type"] == "tts.accepted" and not self.answered and sender != self.worker_id:
+                if message["type"] == protocol.ACCEPTED and not self.answered and sender != self.worker_id:
                     if self.worker_id:  # claimed from a worker found dead before this process noticed
                         await self._disown(self.worker_id)
                     self.worker_id, self.sample_rate = sender, message.get("sample_rate", 0)
@@ -181,7 +174,7 @@ class WorkerJob:
                 if sender != self.worker_id:
                     await self._disown(sender)  # never mix two workers' audio in one answer
                     continue
-                self.answered = self.answered or message["type"] != "tts.accepted"
+                self.answered = self.answered or message["type"] != protocol.ACCEPTED
                 return message
             if self.worker_id and not await self._worker_alive():
                 if self.answered:
@@ -221,7 +214,7 @@ class WorkerJob:
         if worker_id not in self._disowned:
             self._disowned.add(worker_id)
             logger.info("job %s: cancelled on worker %s", self.job_id, worker_id)
-            await self._control(worker_id, {"type": "tts.cancel"})
+            await self._control(worker_id, {"type": protocol.CANCEL})
 
     async def _control(self, worker_id: str, message: dict) -> None:
         try:
@@ -246,7 +239,7 @@ class WorkerJob:
         if self._router is None:
             return
         if self.worker_id:
-            await self._control(self.worker_id, {"type": "tts.cancel"})
+            await self._control(self.worker_id, {"type": protocol.CANCEL})
             return
         # Not taken (or its worker died before answering): out of the queue. A worker that had read it already
         # answers to a job this process no longer knows, and ReplyRouter.deliver tells it to stop.
@@ -260,15 +253,15 @@ class WorkerJob:
 class ConditioningJob(WorkerJob):
     """Have a worker compute a voice's conditioning latents from its stored reference clip."""
 
-    kind = "tts.clone"
+    kind = protocol.CLONE
 
     async def run(self, *, engine: str, reference: str, latents: str) -> str:
         await self.submit({"engine": engine, "reference": reference, "latents": latents})
         while True:
             message = await self._next(settings.TTS_CLONE_TIMEOUT)
-            if message["type"] == "tts.error":
+            if message["type"] == protocol.ERROR:
                 self._raise(message)
-            if message["type"] == "tts.cloned":
+            if message["type"] == protocol.CLONED:
                 self._finish()
                 return message["latents"]
 
@@ -293,7 +286,7 @@ def run_conditioning_job(*, engine: str, reference: str, latents: str) -> str:
 class WorkerStream(WorkerJob):
     """One synthesis job in flight: `start()` waits for the first audio, `chunks()` yields the rest."""
 
-    kind = "tts.job"
+    kind = protocol.JOB
 
     def __init__(self, spec: JobSpec):
         super().__init__()
@@ -308,7 +301,7 @@ class WorkerStream(WorkerJob):
             "engine": self.spec.engine,
             "language": self.spec.language,
             "voice_settings": self.spec.voice_settings,
-            "segments": [_segment_message(segment) for segment in self.spec.segments],
+            "segments": [protocol.segment_message(segment) for segment in self.spec.segments],
         })
         return await self.next_chunk() or b""
 
@@ -325,15 +318,15 @@ class WorkerStream(WorkerJob):
         while not self.finished:
             if self.received - self.acknowledged >= max(1, settings.TTS_STREAM_WINDOW // 2):
                 self.acknowledged = self.received
-                await self._control(self.worker_id, {"type": "tts.credit", "consumed": self.received})
+                await self._control(self.worker_id, {"type": protocol.CREDIT, "consumed": self.received})
             message = await self._next(settings.TTS_CHUNK_TIMEOUT)
             kind = message["type"]
-            if kind == "tts.audio":
+            if kind == protocol.AUDIO:
                 self.received += 1
                 return message["pcm"]
-            if kind == "tts.done":
+            if kind == protocol.DONE:
                 self.complete = True
                 self._finish()
-            elif kind == "tts.error":
+            elif kind == protocol.ERROR:
                 self._raise(message)
         return None

@@ -5,16 +5,7 @@ In the embedded mode it runs as a task inside the web process (synthesis.jobqueu
 production it is `python manage.py tts_worker`, one process per GPU, over Redis Streams (RedisJobQueue).
 The code is the same.
 
-Protocol (messages are dicts; every answer carries the job_id and the sender's worker_id):
-  web -> job queue         {"type": "tts.job", "job_id", "reply_to", "engine", "language", "voice_settings",
-                            "segments", "accept_by"}
-  worker -> reply_to       {"type": "tts.accepted", "sample_rate"}
-                           {"type": "tts.audio", "seq", "pcm"}   (16-bit mono PCM)
-                           {"type": "tts.done", "samples"}
-                           {"type": "tts.error", "code", "message"}
-  web -> worker's inbox    {"type": "tts.cancel", "job_id"}
-                           {"type": "tts.credit", "job_id", "consumed"}   (audio chunks written to the client)
-The worker acknowledges a job in the queue with its first answer after the acceptance, in the same step as
+The messages it exchanges with web processes are in synthesis/protocol.py. The worker acknowledges a job in the queue with its first answer after the acceptance, in the same step as
 sending it. Until then, if the worker dies, another worker claims the job and runs it; after that, the job
 is this worker's (the web side learns of its death from its heartbeat and fails the request: worker_lost).
 
@@ -23,10 +14,6 @@ into the job's own buffer (`emit` never blocks); the sender forwards it while th
 that falls behind (no credit for TTS_STREAM_WINDOW messages) parks only its own job: the sender waits, and the
 engine thread waits between sentences once the buffer is full, holding no lock. A job parks in its slot, so a
 worker whose slots are all parked takes no more jobs (`accepting` false in its heartbeat).
-Cloning (from the voice-processing task):
-  task -> job queue        {"type": "tts.clone", "job_id", "reply_to", "engine", "reference", "latents",
-                            "accept_by"}   (storage names: the clip to read, where to write the latents)
-  worker -> reply_to       {"type": "tts.accepted", ...} then {"type": "tts.cloned", "latents"} or tts.error
 """
 import asyncio
 import collections
@@ -43,11 +30,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from callwaiting.redis_client import is_redis_error
-from synthesis import heartbeats
+from synthesis import heartbeats, protocol
 from synthesis.audio import silence
 from synthesis.engines import LoadedEngine, load_engine
-from synthesis.engines.base import EngineError, Prosody
-from synthesis.frontend import split_sentences
+from synthesis.engines.base import EngineError
+from synthesis.frontend import Pause, split_sentences
 from synthesis.jobqueue import MAX_DELIVERIES, Delivery, job_queue, worker_inbox
 from voices.audio import AudioError, decode_reference
 
@@ -332,9 +319,9 @@ class ModelWorker:
         job = self.jobs.get(message.get("job_id"))
         if job is None:
             return
-        if message.get("type") == "tts.cancel":
+        if message.get("type") == protocol.CANCEL:
             job.cancel()
-        elif message.get("type") == "tts.credit" and isinstance(message.get("consumed"), int):
+        elif message.get("type") == protocol.CREDIT and isinstance(message.get("consumed"), int):
             job.consumed = max(job.consumed, message["consumed"])
             job.credit.set()
 
@@ -349,7 +336,7 @@ class ModelWorker:
         except Exception:
             logger.exception("worker %s: job %s failed", self.worker_id, job.id)
             try:
-                await self._reply(job, "tts.error", code="worker_failed", message="The model worker failed on this job.")
+                await self._reply(job, protocol.ERROR, code="worker_failed", message="The model worker failed on this job.")
             except Exception:
                 pass
         finally:
@@ -363,7 +350,7 @@ class ModelWorker:
 
     async def _reply(self, job: _Job, kind: str, **fields) -> None:
         """Send to the job's web process; any answer but the acceptance also acknowledges the job."""
-        ack = job.delivery if kind != "tts.accepted" and not job.acked else None
+        ack = job.delivery if kind != protocol.ACCEPTED and not job.acked else None
         message = {"type": kind, "job_id": job.id, "worker_id": self.worker_id, **fields}
         delivered = await self.queue.send(job.message["reply_to"], message, ack=ack)
         job.acked = job.acked or ack is not None
@@ -398,19 +385,19 @@ class ModelWorker:
         if first_delivery and time.time() > message.get("accept_by", float("inf")):
             return  # the client was already told no worker was available
         if job.delivery.deliveries > MAX_DELIVERIES:
-            await self._reply(job, "tts.error", code="worker_failed",
+            await self._reply(job, protocol.ERROR, code="worker_failed",
                               message=f"The job was given to {MAX_DELIVERIES} model workers that all stopped.")
             return
         loaded = self.engines.get(message["engine"])
-        await self._reply(job, "tts.accepted", sample_rate=loaded.info.sample_rate if loaded and loaded.available else 0)
+        await self._reply(job, protocol.ACCEPTED, sample_rate=loaded.info.sample_rate if loaded and loaded.available else 0)
         if loaded is None or not loaded.available:
             reason = loaded.reason if loaded else f"this worker does not run the {message['engine']!r} engine"
-            await self._reply(job, "tts.error", code="engine_unavailable", message=reason)
+            await self._reply(job, protocol.ERROR, code="engine_unavailable", message=reason)
             return
         self.jobs_started += 1
         logger.info("worker %s: job %s started (%s, delivery %d)", self.worker_id, job.id, message["type"],
                     job.delivery.deliveries)
-        if message["type"] == "tts.clone":
+        if message["type"] == protocol.CLONE:
             await self._clone(job, loaded)
             return
         loop = asyncio.get_running_loop()
@@ -423,7 +410,7 @@ class ModelWorker:
                     break
                 chunk, ended = await job.buffer.take()
                 if chunk:
-                    await self._reply(job, "tts.audio", seq=seq, pcm=chunk)
+                    await self._reply(job, protocol.AUDIO, seq=seq, pcm=chunk)
                     seq += 1
                     samples += len(chunk) // 2
         finally:
@@ -433,23 +420,23 @@ class ModelWorker:
         try:
             render.result()
         except EngineError as exc:
-            await self._reply(job, "tts.error", code=exc.code, message=exc.message)
+            await self._reply(job, protocol.ERROR, code=exc.code, message=exc.message)
             return
         if not job.cancelled.is_set():
-            await self._reply(job, "tts.done", samples=samples)
+            await self._reply(job, protocol.DONE, samples=samples)
 
     async def _clone(self, job: _Job, loaded: LoadedEngine) -> None:
         """Conditioning latents from a stored reference clip, written next to it in storage."""
         if not loaded.info.supports_cloning:
-            await self._reply(job, "tts.error", code="engine_cannot_clone", message=f"{loaded.name} cannot clone voices")
+            await self._reply(job, protocol.ERROR, code="engine_cannot_clone", message=f"{loaded.name} cannot clone voices")
             return
         loop = asyncio.get_running_loop()
         try:
             name = await loop.run_in_executor(self._threads, _compute_latents, loaded, job.message)
         except AudioError as exc:
-            await self._reply(job, "tts.error", code=exc.code, message=exc.message)
+            await self._reply(job, protocol.ERROR, code=exc.code, message=exc.message)
             return
-        await self._reply(job, "tts.cloned", latents=name)
+        await self._reply(job, protocol.CLONED, latents=name)
 
     def _render(self, job: _Job, loaded: LoadedEngine) -> None:
         """Runs in an engine thread: renders the job a sentence at a time into its buffer, waiting (holding
@@ -464,25 +451,24 @@ class ModelWorker:
         message = job.message
         rate = loaded.info.sample_rate
         try:
-            for segment in message["segments"]:
+            for segment in map(protocol.segment_from_message, message["segments"]):
                 job.buffer.wait_for_room(job.cancelled)
                 if job.cancelled.is_set():
                     return
-                if "pause_ms" in segment:
-                    gap = silence(milliseconds=segment["pause_ms"], sample_rate=rate)
+                if isinstance(segment, Pause):
+                    gap = silence(milliseconds=segment.milliseconds, sample_rate=rate)
                     step = len(silence(milliseconds=_SILENCE_CHUNK_MS, sample_rate=rate))
                     for start in range(0, len(gap), step):
                         emit(gap[start : start + step])
                     continue
-                prosody = Prosody(rate=segment["rate"], pitch=segment["pitch"], volume=segment["volume"])
-                for index, piece in enumerate(split_sentences(segment["text"], _PIECE_CHARS)):
+                for index, piece in enumerate(split_sentences(segment.text, _PIECE_CHARS)):
                     if index:
                         job.buffer.wait_for_room(job.cancelled)
                     if job.cancelled.is_set():
                         return
                     loaded.engine.synthesize(
                         text=piece, language=message["language"], voice_settings=message["voice_settings"],
-                        prosody=prosody, emit=emit,
+                        prosody=segment.prosody, emit=emit,
                     )
         finally:
             job.buffer.end()
