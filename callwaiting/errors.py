@@ -84,26 +84,60 @@ def exception_body(exc: exceptions.APIException) -> dict:
     return error_body(error_code(exc), message)
 
 
-# Seconds a client is told to wait when a backing service (Redis) cannot be reached.
+# Seconds a client is told to wait when a backing service (Redis, the database) cannot be reached.
 SERVICE_RETRY_AFTER = 2
 
+_UNREACHABLE = {
+    "redis": "Redis (rate limits, model-worker registry, job queue) cannot be reached",
+    "database": "The database cannot be reached",
+}
 
-def service_unavailable(exc: BaseException) -> ApiError:
-    """Redis (rate limits, stream slots, worker heartbeats, job queue) cannot be reached: a 503 the client may
-    retry, never a 500."""
+
+def service_unavailable(exc: BaseException, service: str = "redis") -> ApiError:
+    """Redis (rate limits, stream slots, worker heartbeats, job queue) or the database cannot be reached: a 503
+    the client may retry, never a 500."""
     return ApiError(
         "service_unavailable",
-        f"Redis (rate limits, model-worker registry, job queue) cannot be reached; try again shortly. ({exc})",
+        f"{_UNREACHABLE[service]}; try again shortly. ({exc})",
         status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(SERVICE_RETRY_AFTER)},
     )
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """The database is down, restarting, or gives no connection in time: Django's OperationalError and
+    InterfaceError (what it makes of psycopg's, the pool's PoolTimeout included), or psycopg's own where they
+    escape Django's wrapping."""
+    from django.db import utils
+
+    if isinstance(exc, (utils.OperationalError, utils.InterfaceError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
 def as_api_error(exc: BaseException) -> BaseException:
-    """An outage of a backing service becomes its 503 ApiError; anything else is returned as it is."""
+    """An outage of a backing service (Redis, the database) becomes its 503 ApiError; anything else is
+    returned as it is."""
     from callwaiting.redis_client import is_redis_error
 
-    return service_unavailable(exc) if is_redis_error(exc) else exc
+    if is_redis_error(exc):
+        return service_unavailable(exc, "redis")
+    if is_database_error(exc):
+        return service_unavailable(exc, "database")
+    return exc
+
+
+def outage_response(request, exception):
+    """Exception middleware of the API's handler (callwaiting.middleware.ApiHandler): an outage that escapes a
+    view outside DRF (the async synthesize view, a usage row that cannot be written) is its 503, not a 500."""
+    error = as_api_error(exception)
+    if error is exception:
+        return None
+    return JsonResponse(error.as_dict(), status=error.status_code, headers=error.headers)
 
 
 def api_exception_handler(exc, context):

@@ -24,7 +24,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from callwaiting.errors import ClientGone
+from callwaiting.errors import ClientGone, outage_response
 from callwaiting.limits import body_limit, too_large_body
 from synthesis.worker import ensure_embedded_worker
 
@@ -41,7 +41,8 @@ class ApiHandler(ASGIHandler):
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
-        self._exception_middleware = []
+        # An outage of Redis or the database escaping a view is its 503 with Retry-After, not a 500.
+        self._exception_middleware = [outage_response]
         get_response = convert_exception_to_response(self._get_response_async)
 
         async def api_headers(request):

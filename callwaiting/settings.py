@@ -105,7 +105,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
     # Under ASGI every request runs its sync code in a thread of its own, so Django's persistent connections
     # cannot be reused; psycopg's pool can (opening a PostgreSQL connection costs milliseconds per request).
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 20), "timeout": 10},
+        # `timeout`: how long a request waits for a connection (the pool is busy, or PostgreSQL is down: then it
+        # gets its 503 service_unavailable after this long).
+        "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 20),
+                 "timeout": env_int("DATABASE_POOL_TIMEOUT", 10)},
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Write-ahead logging (set once in the file by migration tenants 0002) lets streaming responses write usage
@@ -253,6 +256,9 @@ TTS_CHUNK_TIMEOUT = env_float("TTS_CHUNK_TIMEOUT", 30.0)
 # TTS_CLIENT_STALL_TIMEOUT seconds has its connection dropped and its job cancelled.
 TTS_STREAM_WINDOW = env_int("TTS_STREAM_WINDOW", 8)
 TTS_CLIENT_STALL_TIMEOUT = env_float("TTS_CLIENT_STALL_TIMEOUT", 30.0)
+# A usage row that cannot be written because the database is unreachable (restarting, failing over) is tried
+# again for this long before the request fails; meanwhile its client waits for the end of its answer.
+TTS_USAGE_WRITE_RETRY_SECONDS = env_float("TTS_USAGE_WRITE_RETRY_SECONDS", 30.0)
 # Workers beat this often; the web side treats a worker silent for TTS_WORKER_DEAD_AFTER seconds as dead
 # (a stream it was serving fails then, instead of waiting for TTS_CHUNK_TIMEOUT).
 TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)

@@ -112,7 +112,7 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
         error = as_api_error(exc)
         if not isinstance(error, ApiError):
             raise
-        session.close(UsageRecord.Status.ERROR, error.code)
+        session.refuse(error.code)
         raise error from None
     return session
 
@@ -157,8 +157,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await self.accept()
         try:
             self.api_key = await _in_thread(_authenticate)(self.authorization)
-        except exceptions.APIException as exc:
-            await self._fail(exc)
+        except Exception as exc:
+            error = as_api_error(exc)  # the database down: 4503 service_unavailable, not a dropped connection
+            if not isinstance(error, exceptions.APIException):
+                raise
+            await self._fail(error)
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.closing:

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from rest_framework import status
 
-from callwaiting.errors import ApiError
+from callwaiting.errors import ApiError, is_database_error
 from synthesis import audio, heartbeats, metrics
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
@@ -363,11 +363,22 @@ class SynthesisSession:
         left) still writes its usage row."""
         await asyncio.shield(sync_to_async(self._close_and_release, thread_sensitive=False)(outcome, error_code))
 
+    def refuse(self, code: str) -> None:
+        """close() for a request refused before any audio, from the thread that checked it. While the database is
+        down (the likely cause of the refusal) its error row cannot be written: the refusal stands without it."""
+        try:
+            self.close(UsageRecord.Status.ERROR, code)
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            logger.warning("request %s refused (%s); its usage row not written, the database cannot be reached (%s)",
+                           self.request_id, code, exc)
+
     def _close_and_release(self, outcome: str, error_code: str) -> None:
         """close(), then hand the database connection back: an abandoned exchange may end outside Django's
         request cycle (RequestCleanupMiddleware), where nothing else would."""
         try:
-            self.close(outcome, error_code)
+            self.close(outcome, error_code, retry_for=settings.TTS_USAGE_WRITE_RETRY_SECONDS)
         finally:
             close_old_connections()
 
@@ -407,8 +418,9 @@ class SynthesisSession:
         received = max(0, min(self.pcm_bytes, self.delivery.delivered - self._sent_before - header))
         return received - received % audio.SAMPLE_WIDTH
 
-    def close(self, outcome: str, error_code: str = "") -> None:
-        """Release the stream slot, count metrics and write the usage row; once per request."""
+    def close(self, outcome: str, error_code: str = "", retry_for: float = 0) -> None:
+        """Release the stream slot, count metrics and write the usage row; once per request. A row that cannot be
+        written because the database is unreachable is tried again for `retry_for` seconds (see _write_usage)."""
         if self._closed:
             return
         self._closed = True
@@ -436,7 +448,8 @@ class SynthesisSession:
                 metrics.TIME_TO_FIRST_AUDIO.labels(engine).observe(ttfa)
         if not self._record_usage:
             return
-        tenant_services.usage_record(
+        self._write_usage(
+            retry_for,
             request_id=self.request_id,
             request_fingerprint=self.fingerprint,
             tenant_id=self.tenant.pk,
@@ -451,3 +464,25 @@ class SynthesisSession:
             status=outcome,
             error_code=error_code,
         )
+
+    def _write_usage(self, retry_for: float, **row) -> None:
+        """The usage row, written while the database is down (a restart, a failover) as soon as it is back, within
+        `retry_for` seconds: each try waits up to the pool's timeout for a connection, one from before the restart
+        fails at once and is dropped. Past that the error is raised (the response is cut, never completed
+        without its row) and the row is logged, to be billed from the log."""
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                tenant_services.usage_record(**row)
+                return
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                connection.close()  # a connection broken by the outage is not reused
+                if time.monotonic() >= deadline:
+                    logger.error("request %s: usage row not written, the database cannot be reached (%s): %r",
+                                 self.request_id, exc, row)
+                    raise
+                logger.warning("request %s: usage row not written yet, the database cannot be reached (%s)",
+                               self.request_id, exc)
+                time.sleep(0.2)  # a short pause between tries; the pool's own wait is the long one

@@ -43,9 +43,9 @@ class SynthesizeView(TenantApiView):
             session.prepare(serializer.validated_data)
             return session, None
         except Exception as exc:
-            exc = as_api_error(exc)  # Redis down (rate limits, stream slots, heartbeats): 503, and a usage row
+            exc = as_api_error(exc)  # Redis or the database down: 503, and a usage row where it can be written
             if session is not None and isinstance(exc, exceptions.APIException):
-                session.close(UsageRecord.Status.ERROR, error_code(exc))
+                session.refuse(error_code(exc))
             response = self.finalize_response(drf_request, self.handle_exception(exc))
             response.render()
             return None, response

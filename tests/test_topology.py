@@ -66,16 +66,55 @@ class PrivateRedis:
         self.process.wait(10)
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test's own (`initdb`, trust authentication, on 127.0.0.1 and a free port),
+    run as the `postgres` OS user when the tests run as root; stopped and started again on the same port."""
+
+    def __init__(self):
+        import tempfile
+
+        # Not under pytest's tmp_path: the postgres user must be able to reach the directory.
+        self.dir = Path(tempfile.mkdtemp(prefix="callwaiting-pg-"))
+        self.data, self.log = self.dir / "data", self.dir / "postgres.log"
+        self.port = _free_port()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, cwd=self.dir)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Topology:
-    """`redis_url`: the Redis every process uses (db 12 of REDIS_URL unless given; it is flushed first).
+    """`redis_url`: the Redis every process uses (db 12 of REDIS_URL unless given; it is flushed first);
+    `database_url`: its database (a fresh one next to DATABASE_URL's when that is PostgreSQL, else SQLite).
     Without `tiny_xtts_dir` there is no XTTS model and no `slow_xtts` voice."""
 
-    def __init__(self, tmp: Path, tiny_xtts_dir: Path | None, redis_url: str | None = None, **env: str):
+    def __init__(self, tmp: Path, tiny_xtts_dir: Path | None, redis_url: str | None = None,
+                 database_url: str | None = None, **env: str):
         self.tmp = tmp
         self.env = {
             **os.environ,
             "DATA_DIR": str(tmp),
-            "DATABASE_URL": _database_url(tmp),
+            "DATABASE_URL": database_url or _database_url(tmp),
             "REDIS_URL": redis_url or urlsplit(os.environ["REDIS_URL"])._replace(path="/12").geturl(),
             "TTS_EMBEDDED_WORKER": "0",
             "TTS_JOB_ACCEPT_TIMEOUT": "20",

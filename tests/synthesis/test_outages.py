@@ -1,11 +1,12 @@
-"""Redis unreachable, and engines still loading, as the API's clients see them (in process; the real outage with
-real processes, Redis stopped and started again, is in tests/test_faults.py)."""
+"""Redis or the database unreachable, and engines still loading, as the API's clients see them (in process; the
+real outages with real processes, Redis and PostgreSQL stopped and started again, are in tests/test_faults.py)."""
 import io
 import uuid
 
 import pytest
 import redis.exceptions
 from django.core.cache import cache
+from django.db import OperationalError
 
 from synthesis import heartbeats
 from tenants.models import UsageRecord
@@ -15,6 +16,11 @@ from voices.audio import encode_wav
 
 def _refused(*args, **kwargs):
     raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def _no_database(*args, **kwargs):
+    # What Django makes of psycopg_pool's PoolTimeout while PostgreSQL is down.
+    raise OperationalError("couldn't get a connection after 10.00 sec")
 
 
 class _CacheWithout:
@@ -118,3 +124,57 @@ def test_a_websocket_utterance_without_redis_gets_service_unavailable_and_4503(a
         return await _closed_with_error(ws, 4503)
 
     assert asgi.run(scenario) == "service_unavailable"
+
+
+def test_a_database_outage_answers_503_with_retry_after_naming_the_database(asgi, monkeypatch):
+    monkeypatch.setattr("tenants.selectors.api_key_authenticate", _no_database)
+    for path in ("/v1/voices", "/v1/tenant/stats"):
+        response = asgi.run(asgi.get, path)
+        assert response.status == 503 and response.headers["retry-after"] == "2"
+        assert response.json()["error"]["code"] == "service_unavailable"
+    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Is the database there?"})
+    error = response.json()["error"]
+    assert response.status == 503 and response.headers["retry-after"] == "2"
+    assert error["code"] == "service_unavailable" and "database cannot be reached" in error["message"]
+
+
+def test_a_database_outage_escaping_the_async_view_is_503_too(asgi, monkeypatch):
+    # A failure past the DRF checks (the usage row of a clip collected whole) is answered by the API's handler.
+    monkeypatch.setattr("synthesis.services.tenant_services.usage_record", _no_database)
+    monkeypatch.setattr("django.conf.settings.TTS_USAGE_WRITE_RETRY_SECONDS", 0)
+    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Collected whole", "streaming": False})
+    assert response.status == 503 and response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "service_unavailable"
+
+
+def test_a_websocket_without_the_database_gets_service_unavailable_and_4503(asgi, monkeypatch):
+    from tests.synthesis.test_websocket import _closed_with_error, _open
+
+    monkeypatch.setattr("tenants.selectors.api_key_authenticate", _no_database)
+
+    async def scenario():
+        ws = await _open(asgi.key)  # the key is checked at the handshake
+        return await _closed_with_error(ws, 4503)
+
+    assert asgi.run(scenario) == "service_unavailable"
+
+
+def test_a_usage_row_due_while_the_database_is_down_is_written_once_it_is_back(asgi, monkeypatch):
+    from tenants import services as tenant_services
+
+    write, tries = tenant_services.usage_record, []
+
+    def down_twice(**row):
+        tries.append(row["status"])
+        if len(tries) <= 2:
+            _no_database()
+        return write(**row)
+
+    monkeypatch.setattr("synthesis.services.tenant_services.usage_record", down_twice)
+    request_id = str(uuid.uuid4())
+    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Billed once the database is back"},
+                        headers={"X-Request-ID": request_id})
+    assert response.status == 200 and response.complete and len(response.body) > 44
+    assert tries == ["success"] * 3
+    row = UsageRecord.objects.get(request_id=request_id)
+    assert row.status == "success" and row.audio_seconds > 0 and row.attempts == 1
