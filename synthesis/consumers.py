@@ -54,6 +54,7 @@ import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions, status
@@ -117,13 +118,6 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
     return session
 
 
-def _in_thread(function):
-    """Database work of a connection, each call in a thread of the pool: Channels' default runs every
-    connection's calls in one thread shared by the whole process, so under load a handshake's key check waits
-    behind everyone else's work (and times out)."""
-    return database_sync_to_async(function, thread_sensitive=False)
-
-
 def _parse(text_data: str | None) -> dict:
     if text_data is None:
         raise ApiError("binary_frame", "Send JSON text frames; binary frames only flow from the server (audio).")
@@ -146,6 +140,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
     # channel), so it does not hold a channel of its own there.
     channel_layer_alias = None
 
+    async def __call__(self, scope, receive, send):
+        # The connection's database work in a thread of its own, as Django gives each HTTP request: Channels'
+        # default is one thread for every connection of the process, where under load a handshake's key check
+        # waits behind everyone else's work and times out.
+        async with ThreadSensitiveContext():
+            return await super().__call__(scope, receive, send)
+
     async def connect(self):
         self.api_key: ApiKey | None = None
         self.queue: collections.deque[Utterance] = collections.deque()
@@ -156,7 +157,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # Accept before checking the key: a refused handshake reaches the client as a bare HTTP 403.
         await self.accept()
         try:
-            self.api_key = await _in_thread(_authenticate)(self.authorization)
+            self.api_key = await database_sync_to_async(_authenticate)(self.authorization)
         except Exception as exc:
             error = as_api_error(exc)  # the database down: 4503 service_unavailable, not a dropped connection
             if not isinstance(error, exceptions.APIException):
@@ -226,7 +227,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _speak(self, utterance: Utterance) -> dict:
         """One utterance, from its checks to its last audio frame; returns the done frame."""
-        admit = asyncio.ensure_future(_in_thread(_admit)(self.authorization, utterance))
+        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.authorization, utterance))
         try:
             session = await asyncio.shield(admit)
         except asyncio.CancelledError:

@@ -357,11 +357,9 @@ class SynthesisSession:
         await self.end(UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected")
 
     async def end(self, outcome: str, error_code: str = "") -> None:
-        """close() from the event loop: in a thread of its own rather than the connection's shared one (a busy
-        WebSocket server must not queue its usage rows behind each other's database work), and shielded, so that
-        an exchange cancelled or killed meanwhile (daphne kills an app still running 10 s after its client
-        left) still writes its usage row."""
-        await asyncio.shield(sync_to_async(self._close_and_release, thread_sensitive=False)(outcome, error_code))
+        """close() from the event loop, shielded, so that an exchange cancelled or killed meanwhile (daphne kills
+        an app still running 10 s after its client left) still writes its usage row."""
+        await asyncio.shield(sync_to_async(self._close_and_release)(outcome, error_code))
 
     def refuse(self, code: str) -> None:
         """close() for a request refused before any audio, from the thread that checked it. While the database is
