@@ -118,7 +118,10 @@ class _EngineShare:
         reserve = capacity // 8  # none below 8 slots: there a tenant alone may use them all
         if total <= capacity - reserve:
             return None
-        share = max(1, (capacity - reserve) // max(1, cache.get(self.tenants_key) or 1))
+        tenants = cache.get(self.tenants_key) or 1
+        if tenants < 2:
+            return None  # alone on the engine: its streams past the slots wait for a free one, as ever
+        share = max(1, (capacity - reserve) // tenants)
         if mine <= share:
             return None
         self.release()
