@@ -10,7 +10,7 @@ these pieces itself, so this module subclasses them and runs daphne's command li
 
 - a body over its route's limit (callwaiting.limits.body_limit) is refused with 413 as soon as the headers declare
   it, and a chunked body as soon as the bytes received pass the limit; nothing of it is kept;
-- a /v1/ request that has a body gets its API key checked before its body is read (the project's key lookup, in a
+- a /v1/ request with a body over 64 KiB, or chunked, gets its API key checked before its body is read (the project's key lookup, in a
   thread, with the socket not read meanwhile); a missing or bad key is refused with 401;
 - a header section over HTTP_MAX_HEADER_BYTES is answered 431 (a request line alone over it, 414), where twisted
   drops the connection without a word (one line over 16 KiB) or answers an empty 400 (all lines over 16 KiB);
@@ -49,6 +49,9 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol  # noqa: E
 logger = logging.getLogger(__name__)
 
 LINGER_SECONDS = 5.0
+# A body up to this size is read before its key is checked, by the application as usual: reading it costs less
+# than a second key lookup (a thread and a query) would on every synthesis request's way to its first audio.
+EARLY_KEY_CHECK_BYTES = 64 * 1024
 _DAPHNE_ERROR_CODES = {400: "bad_request", 500: "internal_error", 503: "service_unavailable"}
 
 
@@ -103,7 +106,7 @@ class GuardedRequest(WebRequest):
         self._body_limit, _ = body_limit(self._body_path)
         if length is not None and length > self._body_limit:
             self.channel.refuse(413, too_large_body(self._body_path))
-        elif length != 0 and self._body_path.startswith("/v1/"):
+        elif (length is None or length > EARLY_KEY_CHECK_BYTES) and self._body_path.startswith("/v1/"):
             self._check_key()
 
     def _check_key(self):
