@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from tests.test_server import ROOT
+from tests.live import ROOT
 
 
 @pytest.fixture(scope="module")

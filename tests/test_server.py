@@ -1,63 +1,18 @@
 """The service as a user runs it: a real daphne process, spoken to over TCP like the README's curl commands."""
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"daphne did not start on port {port}")
-
-
-def _start_server(data_dir: Path, **extra_env: str):
-    """migrate, bootstrap_demo and daphne on a free port, as `make run` does; yields {"port", "key"}."""
-    env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}", **extra_env}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    if env.get("REDIS_URL"):
-        # Its own Redis database: the test process flushes its cache between tests.
-        env["REDIS_URL"] = urlsplit(env["REDIS_URL"])._replace(path="/14").geturl()
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True, cwd=ROOT)
-    out = subprocess.run([*manage, "bootstrap_demo"], env=env, check=True, cwd=ROOT, capture_output=True, text=True)
-    key = out.stdout.strip().rsplit(" ", 1)[-1]
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(data_dir / "daphne.log", "w"),
-    )
-    _wait_for_port(port, process)
-    yield {"port": port, "key": key, "db": data_dir / "db.sqlite3"}
-    process.terminate()
-    process.wait(10)
+from tests.live import start_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from _start_server(tmp_path_factory.mktemp("server"))
+    yield from start_server(tmp_path_factory.mktemp("server"))
 
 
 def _connection(server) -> http.client.HTTPConnection:
@@ -213,7 +168,7 @@ def test_websocket_listener_that_hangs_up_mid_stream_frees_its_worker(server):
 
 @pytest.fixture
 def impatient_server(tmp_path):
-    yield from _start_server(tmp_path, TTS_CLIENT_STALL_TIMEOUT="1")
+    yield from start_server(tmp_path, TTS_CLIENT_STALL_TIMEOUT="1")
 
 
 def test_a_client_that_reads_nothing_for_the_stall_timeout_is_dropped_and_its_job_cancelled(impatient_server):
@@ -233,7 +188,7 @@ def test_a_client_that_reads_nothing_for_the_stall_timeout_is_dropped_and_its_jo
 
 @pytest.fixture
 def fresh_server(tmp_path):
-    yield from _start_server(tmp_path)
+    yield from start_server(tmp_path)
 
 
 def test_a_client_that_resets_mid_stream_is_billed_for_what_it_received_not_as_a_success(fresh_server):

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.test_server import _start_server
+from tests.live import start_server
 
 UPLOAD_LIMIT = 1_000_000 + 64 * 1024  # TTS_MAX_UPLOAD_BYTES below, plus the room for the form's other fields
 SIXTY_MB = 60 * 1024 * 1024
@@ -15,7 +15,7 @@ SIXTY_MB = 60 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from _start_server(tmp_path_factory.mktemp("limits"), TTS_MAX_UPLOAD_BYTES="1000000",
+    yield from start_server(tmp_path_factory.mktemp("limits"), TTS_MAX_UPLOAD_BYTES="1000000",
                              WS_MAX_MESSAGE_BYTES="65536")
 
 

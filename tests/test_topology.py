@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.factories import voice_like
-from tests.test_server import ROOT, _free_port, _wait_for_port
+from tests.live import ROOT, free_port, wait_for_port
 from voices.audio import encode_wav
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the production topology needs Redis")
@@ -44,7 +44,7 @@ class PrivateRedis:
     without a volume does (the harder case: the consumer group, inboxes and heartbeats are all gone)."""
 
     def __init__(self, tmp):
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp / "redis.log"
         self.process = None
         self.start()
@@ -58,7 +58,7 @@ class PrivateRedis:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
         )
-        _wait_for_port(self.port, self.process)
+        wait_for_port(self.port, self.process)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -76,7 +76,7 @@ class PrivatePostgres:
         # Not under pytest's tmp_path: the postgres user must be able to reach the directory.
         self.dir = Path(tempfile.mkdtemp(prefix="callwaiting-pg-"))
         self.data, self.log = self.dir / "data", self.dir / "postgres.log"
-        self.port = _free_port()
+        self.port = free_port()
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
@@ -141,13 +141,13 @@ class Topology:
         import redis
 
         redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
-        self.port = _free_port()
+        self.port = free_port()
         self.web = subprocess.Popen(
             [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(self.port),
              "callwaiting.asgi:application"],
             env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "web.log", "w"),
         )
-        _wait_for_port(self.port, self.web)
+        wait_for_port(self.port, self.web)
 
     def manage(self, *args) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], env=self.env, cwd=ROOT, check=True,
