@@ -11,9 +11,9 @@ Handshake
 
 Client -> server: JSON text frames
     {"type": "synthesize", "text": "..." or "ssml": "<speak>...</speak>", "voice_id": "default",
-     "language": "", "speed": 1.0, "format": "pcm" | "wav", "request_id": "<uuid>"}
+     "language": "", "speed": 1.0, "format": "pcm", "sample_rate": null, "request_id": "<uuid>"}
         The fields of POST /v1/synthesize, validated the same way; `streaming` means nothing here and is
-        ignored. `format` defaults to "pcm". `request_id` (optional) makes billing idempotent: an utterance
+        ignored. `format` defaults to "pcm" (also wav, mulaw, alaw, mp3, opus, flac; `sample_rate` as in REST). `request_id` (optional) makes billing idempotent: an utterance
         sent again with the same id is billed once. Utterances are served in order, one at a time; up to
         16 may wait behind the one in flight.
     {"type": "cancel"}
@@ -25,7 +25,8 @@ Server -> client, per utterance
     {"type": "start", "request_id", "voice_id", "sample_rate", "format", "worker_id"}      text frame
     the audio as it is produced                                                            binary frames
         16-bit mono little-endian PCM at `sample_rate`; with "wav" the first frame begins with a streaming
-        WAV header (sizes 0xFFFFFFFF: unknown while streaming).
+        WAV header (sizes 0xFFFFFFFF: unknown while streaming); mulaw/alaw: one byte a sample; mp3, opus (Ogg)
+        and flac: the file's bytes in order (frames need not align with codec frames; concatenate them).
     {"type": "done", "request_id", "characters", "audio_seconds"}                          text frame
     or, after a cancel, {"type": "cancelled", "request_id"}
 
@@ -60,7 +61,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework import exceptions, status
 
 from callwaiting.errors import ApiError, ClientGone, as_api_error, error_body, error_code, exception_body
-from synthesis import audio
 from synthesis.serializers import StreamSynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.authentication import authenticate_authorization_header
@@ -256,7 +256,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     await self.send(bytes_data=chunk)
         return {
             "type": "done", "request_id": str(session.request_id), "characters": session.characters,
-            "audio_seconds": round(audio.pcm_seconds(session.pcm_bytes, session.sample_rate), 4),
+            "audio_seconds": round(session.audio_seconds, 4),
         }
 
     async def _cancel(self) -> None:

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-AUDIO_FORMATS = ("wav", "pcm")
+from synthesis.encoders import API_FORMATS, SAMPLE_RATES, sample_rate_error
 
 
 class SynthesizeSerializer(serializers.Serializer):
@@ -10,11 +10,22 @@ class SynthesizeSerializer(serializers.Serializer):
     language = serializers.CharField(required=False, allow_blank=True, default="", max_length=16)
     streaming = serializers.BooleanField(required=False, default=True)
     speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0)
-    format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="wav")
+    format = serializers.ChoiceField(
+        choices=API_FORMATS, required=False, default="wav",
+        help_text="wav (streaming header), pcm (16-bit little-endian mono), mulaw / alaw (G.711, 8 kHz unless "
+                  "sample_rate says otherwise), mp3, opus (in Ogg), flac.",
+    )
+    sample_rate = serializers.ChoiceField(
+        choices=SAMPLE_RATES, required=False, allow_null=True, default=None,
+        help_text="Output rate in Hz; default: the voice's own (24000 for XTTS, 22050 for eSpeak), 8000 for G.711, "
+                  "48000 for Opus (which takes 8000, 16000, 24000 or 48000; its decoders play at 48000).",
+    )
 
     def validate(self, attrs):
         if attrs["text"].strip() and attrs["ssml"].strip():
             raise serializers.ValidationError("Send either text or ssml, not both.")
+        if error := sample_rate_error(attrs["format"], attrs["sample_rate"]):
+            raise serializers.ValidationError({"sample_rate": error})
         return attrs
 
 
@@ -24,7 +35,8 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
     header is only bytes to strip."""
 
     streaming = None
-    format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="pcm")
+    format = serializers.ChoiceField(choices=API_FORMATS, required=False, default="pcm",
+                                     help_text=SynthesizeSerializer().fields["format"].help_text)
 
     def validate(self, attrs):
         return {**super().validate(attrs), "streaming": True}

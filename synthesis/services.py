@@ -1,7 +1,7 @@
 """A synthesis request from validation to usage row: the one place that knows the whole lifecycle.
 
 `prepare()` (sync: database, quota, concurrency) -> `start()` (async: dispatch, first audio) ->
-`stream_wav()` / `stream_pcm()` / `collect()` (async: the rest) -> exactly one usage row and metrics.
+`stream_body()` / `collect()` (async: the rest, encoded as the client asked, synthesis.encoders) -> exactly one usage row and metrics.
 """
 import asyncio
 import collections
@@ -22,6 +22,7 @@ from rest_framework import status
 
 from callwaiting.errors import ApiError, is_database_error
 from synthesis import audio, heartbeats, metrics
+from synthesis.encoders import Encoder
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
 from synthesis.frontend import Pause, plain_text_segments, spoken_characters, ssml_segments
@@ -169,7 +170,9 @@ class SynthesisSession:
         self.characters = 0
         self.streaming = True
         self.audio_format = "wav"
+        self.requested_sample_rate: int | None = None  # None: the format's default (see synthesis.encoders)
         self.stream: WorkerStream | None = None
+        self.encoder: Encoder | None = None  # made once the engine's sample rate is known (start)
         self.first_audio_at: float | None = None
         self.pcm_bytes = 0  # audio made for this request
         self.delivery = None  # callwaiting.middleware.Delivery under daphne: what reached the client
@@ -181,6 +184,7 @@ class SynthesisSession:
     def prepare(self, data: dict) -> None:
         """Validate the request against voice, language, engine, quota and concurrency. Raises ApiError."""
         self.voice_id, self.streaming, self.audio_format = data["voice_id"], data["streaming"], data["format"]
+        self.requested_sample_rate = data.get("sample_rate")
         self.fingerprint = request_fingerprint(data)
         if data["ssml"].strip():
             if len(data["ssml"]) > 4 * settings.TTS_MAX_TEXT_CHARS:
@@ -294,6 +298,7 @@ class SynthesisSession:
         """Dispatch to a worker and wait for the first audio, so errors still get a proper status code."""
         try:
             first = await self.stream.start()
+            self.encoder = Encoder(self.audio_format, source_rate=self.source_rate, sample_rate=self.requested_sample_rate)
             self._audio(first)
         except DispatchError as exc:
             await self.stream.cancel()  # a no-op when dispatch failed; stops the job when we cut the audio
@@ -303,13 +308,27 @@ class SynthesisSession:
 
     @property
     def sample_rate(self) -> int:
-        return self.stream.sample_rate
+        """The rate of the audio the client gets."""
+        return self.encoder.sample_rate if self.encoder else self.source_rate
+
+    @property
+    def source_rate(self) -> int:
+        """The engine's rate: what usage and limits count in."""
+        return self.stream.sample_rate if self.stream else 0
+
+    @property
+    def audio_seconds(self) -> float:
+        return audio.pcm_seconds(self.pcm_bytes, self.source_rate)
+
+    @property
+    def content_type(self) -> str:
+        return self.encoder.content_type
 
     def _audio(self, chunk: bytes) -> None:
         if self.first_audio_at is None and chunk:
             self.first_audio_at = time.perf_counter()
         self.pcm_bytes += len(chunk)
-        if audio.pcm_seconds(self.pcm_bytes, self.sample_rate) > settings.TTS_MAX_AUDIO_SECONDS:
+        if self.audio_seconds > settings.TTS_MAX_AUDIO_SECONDS:
             # Speech longer than the pauses let us foresee (very slow prosody): cut it, as a failure.
             raise DispatchError(
                 "audio_too_long",
@@ -323,11 +342,16 @@ class SynthesisSession:
         abruptly (never a short file that looks complete); a client that goes away cancels the job."""
         outcome, code = UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected"
         try:
-            prefix = audio.wav_header(sample_rate=self.sample_rate) if self.audio_format == "wav" else b""
-            yield prefix + first
+            # An encoder may hold a chunk's samples for its next frame: nothing to send then (an empty chunk
+            # would end a chunked HTTP body).
+            if encoded := self.encoder.encode(first):
+                yield encoded
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
-                yield chunk
+                if encoded := self.encoder.encode(chunk):
+                    yield encoded
+            if self.stream.complete and (tail := self.encoder.finish()):
+                yield tail
             # All made and handed over (else it was cancelled under us: the client is gone); a success once the
             # client has received it, which can take a while: the socket's buffers hold megabytes.
             if self.stream.complete and (
@@ -387,13 +411,12 @@ class SynthesisSession:
         """The whole clip, for streaming=false: a file positioned at its start, in memory while small and on
         disk past TTS_RESPONSE_MEMORY_BYTES, so a long clip does not sit in the web process's memory."""
         body = tempfile.SpooledTemporaryFile(max_size=settings.TTS_RESPONSE_MEMORY_BYTES)
-        header = audio.wav_header(sample_rate=self.sample_rate, data_bytes=0) if self.audio_format == "wav" else b""
-        body.write(header)
         try:
-            body.write(first)  # start() has counted it
+            body.write(self.encoder.encode(first))  # start() has counted it
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
-                body.write(chunk)
+                body.write(self.encoder.encode(chunk))
+            body.write(self.encoder.finish())
         except DispatchError as exc:
             body.close()
             await self.stream.cancel()
@@ -403,9 +426,10 @@ class SynthesisSession:
             body.close()
             raise
         await self.end(UsageRecord.Status.SUCCESS, "")
-        if header:
+        if self.audio_format == "wav":  # the whole clip is known now: a header with its sizes
             body.seek(0)
-            body.write(audio.wav_header(sample_rate=self.sample_rate, data_bytes=self.pcm_bytes))
+            header = audio.wav_header(sample_rate=self.sample_rate, data_bytes=self.encoder.output_bytes - audio.WAV_HEADER_BYTES)
+            body.write(header)
         body.seek(0)
         return body
 
@@ -413,11 +437,10 @@ class SynthesisSession:
     def _billed_pcm_bytes(self, outcome: str) -> int:
         """The audio the usage row records: what the client received when it went away (as far as the server
         can tell), else what was made."""
-        if outcome != UsageRecord.Status.CLIENT_DISCONNECTED or self.delivery is None:
+        if outcome != UsageRecord.Status.CLIENT_DISCONNECTED or self.delivery is None or self.encoder is None:
             return self.pcm_bytes
-        header = audio.WAV_HEADER_BYTES if self.audio_format == "wav" else 0
-        received = max(0, min(self.pcm_bytes, self.delivery.delivered - self._sent_before - header))
-        return received - received % audio.SAMPLE_WIDTH
+        received = self.encoder.source_bytes_received(max(0, self.delivery.delivered - self._sent_before))
+        return min(received, self.pcm_bytes)
 
     def close(self, outcome: str, error_code: str = "", retry_for: float = 0) -> None:
         """Release the stream slot, count metrics and write the usage row; once per request. A row that cannot be
@@ -436,7 +459,7 @@ class SynthesisSession:
             metrics.ACTIVE_STREAMS.labels(self.engine).dec()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None
-        seconds = audio.pcm_seconds(self._billed_pcm_bytes(outcome), self.stream.sample_rate if self.stream else 0)
+        seconds = audio.pcm_seconds(self._billed_pcm_bytes(outcome), self.source_rate)
         engine = self.engine or "none"
         metrics.REQUESTS.labels(engine, outcome).inc()
         if outcome == UsageRecord.Status.ERROR:

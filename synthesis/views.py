@@ -19,7 +19,7 @@ from tenants.permissions import IsOperator
 
 
 class SynthesizeView(TenantApiView):
-    """POST /v1/synthesize: speech for text or SSML, streamed as it is produced (WAV or raw PCM).
+    """POST /v1/synthesize: speech for text or SSML, streamed as it is produced in the format asked for.
 
     Served by `synthesize` below: this class is its DRF half (key authentication, scope, rate limits,
     parsing, validation, the error shape), run in a worker thread in one go."""
@@ -79,7 +79,7 @@ async def synthesize(request):
             body = await session.collect(first)
     except ApiError as exc:
         return _error_response(exc)  # start() and collect() have written the usage row
-    content_type = "audio/wav" if session.audio_format == "wav" else "audio/L16"
+    content_type = session.content_type
     headers = {
         "X-Request-ID": str(session.request_id),
         "X-Sample-Rate": str(session.sample_rate),
