@@ -18,6 +18,7 @@ import logging
 import struct
 import termios
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
@@ -36,14 +37,19 @@ class ApiHandler(ASGIHandler):
     for browsers (sessions, CSRF, messages, session authentication, clickjacking and security headers). The
     API authenticates by key and answers JSON or audio; and Django runs each of those middleware's sync
     process_request/process_response in a worker thread, two thread hops each, which cost a synthesis about
-    10 ms of its first audio."""
+    10 ms of its first audio.
+
+    CORS (django-cors-headers, async, on the event loop) lives here and only here: the portal and admin never
+    answer cross-origin requests. It answers a preflight (OPTIONS with Access-Control-Request-Method) itself,
+    before any view, key check or rate limit: a preflight carries no key. Error answers get its headers too,
+    so a page can read why it was refused."""
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
         # An outage of Redis or the database escaping a view is its 503 with Retry-After, not a 500.
         self._exception_middleware = [outage_response]
-        get_response = convert_exception_to_response(self._get_response_async)
+        get_response = CorsMiddleware(convert_exception_to_response(self._get_response_async))
 
         async def api_headers(request):
             """What the API keeps of CommonMiddleware and SecurityMiddleware, on the event loop."""

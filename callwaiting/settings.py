@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "corsheaders",  # its system checks; the middleware is mounted on the API's handler only (callwaiting/middleware.py)
     "channels",
     "tenants",
     "voices",
@@ -214,6 +215,20 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_TASK_IGNORE_RESULT = True
 
+# --- browsers: CORS on the API (/v1/...) only, never the portal or admin ------------------------------------
+# The origins whose pages may call the API (comma-separated, e.g. https://app.example.com); empty: none. The
+# middleware sits in the API's own handler (callwaiting.middleware.ApiHandler), so the portal and admin never
+# answer a cross-origin request; CORS_URLS_REGEX says the same for anyone who mounts it elsewhere.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/v1/"
+# Keys travel in the Authorization header, never in cookies: no credentialed requests.
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_METHODS = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "x-request-id")
+# What the API sets that a page may read (beyond the CORS-safelisted ones such as Content-Type).
+CORS_EXPOSE_HEADERS = ("X-Request-ID", "X-Sample-Rate", "X-Worker-Id", "Retry-After", "WWW-Authenticate")
+CORS_PREFLIGHT_MAX_AGE = env_int("CORS_PREFLIGHT_MAX_AGE", 600)
+
 # --- REST framework ---------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
@@ -263,6 +278,8 @@ TTS_USAGE_WRITE_RETRY_SECONDS = env_float("TTS_USAGE_WRITE_RETRY_SECONDS", 30.0)
 # (a stream it was serving fails then, instead of waiting for TTS_CHUNK_TIMEOUT).
 TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)
 TTS_WORKER_DEAD_AFTER = env_float("TTS_WORKER_DEAD_AFTER", 1.5)
+# Lifetime of a WebSocket token (POST /v1/stream/token): single-use, for browsers that cannot send a key header.
+TTS_STREAM_TOKEN_SECONDS = max(1, env_int("TTS_STREAM_TOKEN_SECONDS", 60))
 TTS_VOICES_CONFIG = Path(os.environ.get("TTS_VOICES_CONFIG", BASE_DIR / "config" / "voices.json"))
 # eSpeak NG hands audio over in blocks of this many milliseconds.
 ESPEAK_CHUNK_MS = env_int("ESPEAK_CHUNK_MS", 100)

@@ -1,13 +1,16 @@
 """WebSocket API `/v1/stream`: speech for one utterance after another on one connection, cancellable at once.
 
-Made for servers (voice agents, telephony bridges) that speak sentence after sentence into a live call.
-Browsers cannot set the Authorization header on a WebSocket, so this API is not for them.
+Made for servers (voice agents, telephony bridges) that speak sentence after sentence into a live call, and
+for browsers through a WebSocket token.
 
 Handshake
-    `Authorization: Bearer sk_...`, a key with the `synthesize` scope, checked as for REST. Keys in the
-    query string are not accepted: URLs end up in access logs. A refused key is answered after accepting
-    the connection, so the client can read why: the error frame, then close 4401 (no, invalid, revoked or
-    expired key) or 4403 (missing scope).
+    `Authorization: Bearer sk_...`, a key with the `synthesize` scope, checked as for REST. Browsers cannot
+    set that header on a WebSocket: they connect to `/v1/stream?token=wst_...` with a token from
+    POST /v1/stream/token, short-lived and single-use, bound to the key that asked for it (the connection then
+    acts as that key). Keys in the query string are not accepted: URLs end up in access logs. A refusal is
+    answered after accepting the connection, so the client can read why: the error frame, then close 4401 (no,
+    invalid, revoked or expired key; a token unknown, expired or already used: invalid_stream_token) or 4403
+    (missing scope).
 
 Client -> server: JSON text frames
     {"type": "synthesize", "text": "..." or "ssml": "<speak>...</speak>", "voice_id": "default",
@@ -54,6 +57,7 @@ import logging
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
@@ -63,9 +67,10 @@ from rest_framework import exceptions, status
 from callwaiting.errors import ApiError, ClientGone, as_api_error, error_body, error_code, exception_body
 from synthesis.serializers import StreamSynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
-from tenants.authentication import authenticate_authorization_header
+from tenants.authentication import api_key_from_stream_token, api_key_recheck, authenticate_authorization_header
 from tenants.models import ApiKey, UsageRecord
 from tenants.permissions import require_scope
+from tenants.services import api_key_mark_used
 from tenants.throttling import tenant_rate_wait
 
 logger = logging.getLogger(__name__)
@@ -82,22 +87,28 @@ class Utterance:
     data: dict  # validated StreamSynthesizeSerializer data
 
 
-def _authenticate(authorization: str | None) -> ApiKey:
-    """The key and its synthesize scope, checked as DRF checks them for POST /v1/synthesize."""
+def _authenticate(authorization: str | None, stream_token: str | None) -> ApiKey:
+    """The handshake's key, from the Authorization header or else a WebSocket token (redeemed here, once), and
+    its synthesize scope, checked as DRF checks them for POST /v1/synthesize."""
     api_key = authenticate_authorization_header(authorization)
+    if api_key is None and stream_token:
+        api_key = api_key_from_stream_token(stream_token)
     if api_key is None:
         raise ApiError(
-            "authentication_required", "An API key is required: Authorization: Bearer <api_key>.",
+            "authentication_required",
+            "An API key is required: Authorization: Bearer <api_key>, or (browsers) ?token= from POST /v1/stream/token.",
             status.HTTP_401_UNAUTHORIZED,
         )
     require_scope(api_key, "synthesize")
     return api_key
 
 
-def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
-    """Everything before the audio, in one thread: the key again (it may have been revoked since the
-    handshake), the tenant's rate limits, then the session's own checks. Raises APIException."""
-    api_key = _authenticate(authorization)
+def _admit(api_key: ApiKey, utterance: Utterance) -> SynthesisSession:
+    """Everything before the audio, in one thread: the handshake's key again (it may have been revoked since),
+    the tenant's rate limits, then the session's own checks. Raises APIException."""
+    api_key = api_key_recheck(api_key)
+    require_scope(api_key, "synthesize")
+    api_key_mark_used(api_key=api_key)
     try:
         wait = tenant_rate_wait(api_key)
     except Exception as exc:
@@ -153,11 +164,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.current: Utterance | None = None  # the utterance in flight
         self.runner: asyncio.Task | None = None  # serves the queue while it is not empty
         self.closing = False
-        self.authorization = dict(self.scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        authorization = dict(self.scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        # The token is never logged here; daphne's access log shows the path without the query string.
+        stream_token = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
         # Accept before checking the key: a refused handshake reaches the client as a bare HTTP 403.
         await self.accept()
         try:
-            self.api_key = await database_sync_to_async(_authenticate)(self.authorization)
+            self.api_key = await database_sync_to_async(_authenticate)(authorization, stream_token)
         except Exception as exc:
             error = as_api_error(exc)  # the database down: 4503 service_unavailable, not a dropped connection
             if not isinstance(error, exceptions.APIException):
@@ -227,7 +240,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _speak(self, utterance: Utterance) -> dict:
         """One utterance, from its checks to its last audio frame; returns the done frame."""
-        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.authorization, utterance))
+        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.api_key, utterance))
         try:
             session = await asyncio.shield(admit)
         except asyncio.CancelledError:

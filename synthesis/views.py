@@ -16,6 +16,7 @@ from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
 from tenants.models import UsageRecord
 from tenants.permissions import IsOperator
+from tenants.services import stream_token_issue
 
 
 class SynthesizeView(TenantApiView):
@@ -49,6 +50,19 @@ class SynthesizeView(TenantApiView):
             response = self.finalize_response(drf_request, self.handle_exception(exc))
             response.render()
             return None, response
+
+
+class StreamTokenView(TenantApiView):
+    """POST /v1/stream/token: a short-lived, single-use token that opens one WebSocket connection to /v1/stream
+    as this key, for browsers (they cannot set an Authorization header on a WebSocket; a long-lived key never
+    goes in a URL). Counts against the tenant's rate limits like any key request."""
+
+    required_scope = "synthesize"
+
+    def post(self, request):
+        issued = stream_token_issue(api_key=request.auth)
+        body = {"token": issued.token, "expires_in": issued.expires_in, "url": f"/v1/stream?token={issued.token}"}
+        return Response(body, headers={"Cache-Control": "no-store"})  # a credential: no cache may keep it
 
 
 def _error_response(exc: exceptions.APIException) -> JsonResponse:

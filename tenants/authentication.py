@@ -48,6 +48,27 @@ def authenticate_authorization_header(header: str | None) -> ApiKey | None:
     return api_key
 
 
+def api_key_from_stream_token(token: str) -> ApiKey:
+    """The key a WebSocket token (POST /v1/stream/token) was issued for, redeeming the token (once; it is gone
+    afterwards) and marking the key used; raises KeyAuthenticationFailed for a bad token or a key that is no
+    longer usable."""
+    try:
+        api_key = services.stream_token_redeem(token=token)
+    except selectors.KeyRejected as rejected:
+        raise KeyAuthenticationFailed(rejected.code, rejected.message) from None
+    services.api_key_mark_used(api_key=api_key)
+    return api_key
+
+
+def api_key_recheck(api_key: ApiKey) -> ApiKey:
+    """`api_key` as it is now, if still usable (a long-lived connection checks it again before each piece of
+    work); raises KeyAuthenticationFailed once it has been revoked, has expired, or its tenant is suspended."""
+    try:
+        return selectors.api_key_get_usable(api_key_id=api_key.pk)
+    except selectors.KeyRejected as rejected:
+        raise KeyAuthenticationFailed(rejected.code, rejected.message) from None
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         api_key = authenticate_authorization_header(request.META.get("HTTP_AUTHORIZATION"))

@@ -54,6 +54,21 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
+# WebSocket tokens (POST /v1/stream/token): 256 random bits, URL-safe, with a prefix unlike a key's so that
+# neither can be taken for the other. Short-lived and single-use; only their hash is stored.
+STREAM_TOKEN_PREFIX = "wst_"
+_STREAM_TOKEN_RE = re.compile(rf"^{STREAM_TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}$")
+
+
+def generate_stream_token() -> str:
+    return STREAM_TOKEN_PREFIX + secrets.token_urlsafe(32)  # 32 bytes: 43 characters
+
+
+def stream_token_cache_key(token: str) -> str | None:
+    """The cache entry a token is kept under, named by its SHA-256; None for anything not shaped like a token."""
+    return f"stream-token:{hash_secret(token)}" if _STREAM_TOKEN_RE.match(token or "") else None
+
+
 def operator_token_matches(presented: str) -> bool:
     """Whether `presented` is the operator token (settings.METRICS_TOKEN). Digests of equal length compared in
     constant time, so neither the token's content nor its length leaks through timing."""

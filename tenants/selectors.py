@@ -25,6 +25,19 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey:
     api_key = ApiKey.objects.select_related("tenant").filter(lookup_id=parsed.lookup_id).first()
     if api_key is None or api_key.kind != parsed.kind or not keys.secret_matches(parsed.secret, api_key.secret_hash):
         raise KeyRejected("invalid_api_key", "API key is not valid.")
+    return _usable(api_key)
+
+
+def api_key_get_usable(*, api_key_id: int) -> ApiKey:
+    """The key as it is now in the database, if it may still be used: how a WebSocket connection checks its key
+    again (revoked, expired or suspended since the handshake), whichever way it authenticated."""
+    api_key = ApiKey.objects.select_related("tenant").filter(pk=api_key_id).first()
+    if api_key is None:
+        raise KeyRejected("invalid_api_key", "API key is not valid.")
+    return _usable(api_key)
+
+
+def _usable(api_key: ApiKey) -> ApiKey:
     if api_key.is_revoked:
         raise KeyRejected("api_key_revoked", "API key has been revoked.")
     if api_key.is_expired():

@@ -2,10 +2,12 @@
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from tenants import keys
+from tenants import keys, selectors
 from tenants.models import ApiKey, Scope, Tenant, UsageRecord
 
 # last_used_at is informational: refreshing it at most once a minute keeps a write off every request.
@@ -68,6 +70,39 @@ def api_key_mark_used(*, api_key: ApiKey) -> None:
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+@dataclass(frozen=True)
+class IssuedStreamToken:
+    token: str  # shown to the caller once; the cache holds only its hash
+    expires_in: int  # seconds
+
+
+_STREAM_TOKEN_REFUSED = (
+    "The stream token is invalid, expired or already used; get a new one from POST /v1/stream/token."
+)
+
+
+def stream_token_issue(*, api_key: ApiKey) -> IssuedStreamToken:
+    """A single-use token that opens one WebSocket connection (/v1/stream?token=...) as `api_key`, for
+    browsers, which cannot set an Authorization header on a WebSocket. It lives in the cache (Redis in
+    production: any web process can redeem it) under its hash, and expires after TTS_STREAM_TOKEN_SECONDS."""
+    token = keys.generate_stream_token()
+    lifetime = settings.TTS_STREAM_TOKEN_SECONDS
+    cache.set(keys.stream_token_cache_key(token), api_key.pk, timeout=lifetime)
+    return IssuedStreamToken(token=token, expires_in=lifetime)
+
+
+def stream_token_redeem(*, token: str) -> ApiKey:
+    """The key a token was issued for, now that it is used up; raises selectors.KeyRejected for an unknown,
+    expired or already used token, and for a key that is no longer usable (revoked since issuance...).
+    Exactly one redemption wins: the cache's delete reports whether it removed the entry (Redis DEL is atomic),
+    so of two connections racing with one token, the second finds nothing to delete."""
+    cache_key = keys.stream_token_cache_key(token)
+    api_key_id = cache.get(cache_key) if cache_key else None
+    if api_key_id is None or not cache.delete(cache_key):
+        raise selectors.KeyRejected("invalid_stream_token", _STREAM_TOKEN_REFUSED)
+    return selectors.api_key_get_usable(api_key_id=api_key_id)
 
 
 # A retry keeps the best outcome of its attempts: a failure after a success must not unbill it.

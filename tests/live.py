@@ -31,8 +31,9 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     pytest.fail(f"daphne did not start on port {port}")
 
 
-def start_server(data_dir: Path, **extra_env: str):
-    """migrate, bootstrap_demo and daphne on a free port, as `make run` does; yields {"port", "key"}."""
+def start_server(data_dir: Path, *, server_args: tuple[str, ...] = (), **extra_env: str):
+    """migrate, bootstrap_demo and daphne on a free port, as `make run` does (plus daphne's `server_args`, such as
+    --access-log); yields {"port", "key"}."""
     env = {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}", **extra_env}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     if env.get("REDIS_URL"):
@@ -44,7 +45,8 @@ def start_server(data_dir: Path, **extra_env: str):
     key = out.stdout.strip().rsplit(" ", 1)[-1]
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(port), "callwaiting.asgi:application"],
+        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(port), *server_args,
+         "callwaiting.asgi:application"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(data_dir / "daphne.log", "w"),
     )
     wait_for_port(port, process)
