@@ -281,6 +281,8 @@ TTS_WORKER_DEAD_AFTER = env_float("TTS_WORKER_DEAD_AFTER", 1.5)
 # Lifetime of a WebSocket token (POST /v1/stream/token): single-use, for browsers that cannot send a key header.
 TTS_STREAM_TOKEN_SECONDS = max(1, env_int("TTS_STREAM_TOKEN_SECONDS", 60))
 TTS_VOICES_CONFIG = Path(os.environ.get("TTS_VOICES_CONFIG", BASE_DIR / "config" / "voices.json"))
+# POST /v1/audio/speech: OpenAI model names -> engines, OpenAI voice names -> voices (see the file).
+TTS_OPENAI_CONFIG = Path(os.environ.get("TTS_OPENAI_CONFIG", BASE_DIR / "config" / "openai.json"))
 # eSpeak NG hands audio over in blocks of this many milliseconds.
 ESPEAK_CHUNK_MS = env_int("ESPEAK_CHUNK_MS", 100)
 

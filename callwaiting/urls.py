@@ -1,12 +1,13 @@
 from django.contrib import admin
 from django.urls import path
 
-from synthesis.views import HealthView, MetricsView, StreamTokenView, synthesize
+from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
 
 urlpatterns = [
     path("v1/synthesize", synthesize, name="synthesize"),
+    path("v1/audio/speech", openai_speech, name="openai-speech"),
     path("v1/stream/token", StreamTokenView.as_view(), name="stream-token"),
     path("v1/voices", VoiceListView.as_view(), name="voices"),
     path("v1/voices/upload", VoiceUploadView.as_view(), name="voice-upload"),

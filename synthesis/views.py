@@ -4,12 +4,14 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework import exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
 from synthesis import heartbeats, metrics
+from synthesis.openai_speech import OpenAISpeechSerializer
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
@@ -19,6 +21,14 @@ from tenants.permissions import IsOperator
 from tenants.services import stream_token_issue
 
 
+class AudioNegotiation(DefaultContentNegotiation):
+    """A synthesis answers audio whatever Accept says (OpenAI's SDK sends application/octet-stream, a browser
+    audio/*), so no 406: the renderer is only for errors, which are JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class SynthesizeView(TenantApiView):
     """POST /v1/synthesize: speech for text or SSML, streamed as it is produced in the format asked for.
 
@@ -26,6 +36,7 @@ class SynthesizeView(TenantApiView):
     parsing, validation, the error shape), run in a worker thread in one go."""
 
     required_scope = "synthesize"
+    content_negotiation_class = AudioNegotiation
 
     def admit(self, request) -> tuple[SynthesisSession | None, HttpResponse | None]:
         """DRF's checks and the session's own (database, quota, concurrency): a prepared session, or the error
@@ -39,9 +50,7 @@ class SynthesizeView(TenantApiView):
                 api_key=drf_request.auth,
                 request_id=parse_request_id(drf_request.headers.get("X-Request-ID"), "X-Request-ID"),
             )
-            serializer = SynthesizeSerializer(data=drf_request.data)
-            serializer.is_valid(raise_exception=True)
-            session.prepare(serializer.validated_data)
+            session.prepare(self.synthesize_request(drf_request.data))
             return session, None
         except Exception as exc:
             exc = as_api_error(exc)  # Redis or the database down: 503, and a usage row where it can be written
@@ -50,6 +59,12 @@ class SynthesizeView(TenantApiView):
             response = self.finalize_response(drf_request, self.handle_exception(exc))
             response.render()
             return None, response
+
+    def synthesize_request(self, data) -> dict:
+        """The validated SynthesizeSerializer fields of the request."""
+        serializer = SynthesizeSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
 
 
 class StreamTokenView(TenantApiView):
@@ -63,6 +78,15 @@ class StreamTokenView(TenantApiView):
         issued = stream_token_issue(api_key=request.auth)
         body = {"token": issued.token, "expires_in": issued.expires_in, "url": f"/v1/stream?token={issued.token}"}
         return Response(body, headers={"Cache-Control": "no-store"})  # a credential: no cache may keep it
+
+
+class OpenAISpeechView(SynthesizeView):
+    """POST /v1/audio/speech: OpenAI's request shape (synthesis.openai_speech), served as POST /v1/synthesize."""
+
+    def synthesize_request(self, data) -> dict:
+        serializer = OpenAISpeechSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.synthesize_request()
 
 
 def _error_response(exc: exceptions.APIException) -> JsonResponse:
@@ -79,12 +103,12 @@ async def _file_chunks(body, size: int = 64 * 1024):
         body.close()
 
 
-async def synthesize(request):
-    """POST /v1/synthesize. Async so that the request crosses into a thread once (SynthesizeView.admit, for the
+async def _serve_synthesis(view_class: type[SynthesizeView], request):
+    """A synthesis request. Async so that the request crosses into a thread once (view_class.admit, for the
     checks that need the database) and the job is dispatched, and its first audio awaited, on the event loop."""
     if request.method != "POST":
-        return await sync_to_async(SynthesizeView.as_view())(request)  # DRF's 405 with its Allow header
-    session, refused = await sync_to_async(SynthesizeView().admit)(request)
+        return await sync_to_async(view_class.as_view())(request)  # DRF's 405 with its Allow header
+    session, refused = await sync_to_async(view_class().admit)(request)
     if refused is not None:
         return refused
     try:
@@ -113,9 +137,20 @@ async def synthesize(request):
     return StreamingHttpResponse(session.stream_body(first), content_type=content_type, headers=headers)
 
 
-# The view class this function serves, as Django's as_view() records it: what the URL walk in
-# tests/tenants/test_api.py reads to see that /v1/synthesize is tenant-scoped (SynthesizeView's checks).
+async def synthesize(request):
+    """POST /v1/synthesize."""
+    return await _serve_synthesis(SynthesizeView, request)
+
+
+async def openai_speech(request):
+    """POST /v1/audio/speech (OpenAI-compatible)."""
+    return await _serve_synthesis(OpenAISpeechView, request)
+
+
+# The view classes these functions serve, as Django's as_view() records them: what the URL walk in
+# tests/tenants/test_api.py reads to see that they are tenant-scoped (SynthesizeView's checks).
 synthesize.view_class = SynthesizeView
+openai_speech.view_class = OpenAISpeechView
 
 
 # What /v1/health shows of each live worker's heartbeat.
