@@ -4,13 +4,20 @@ AUDIO_FORMATS = ("wav", "pcm")
 
 
 class SynthesizeSerializer(serializers.Serializer):
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-    ssml = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-    voice_id = serializers.CharField(required=False, default="default", max_length=100)
-    language = serializers.CharField(required=False, allow_blank=True, default="", max_length=16)
-    streaming = serializers.BooleanField(required=False, default=True)
-    speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0)
-    format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="wav")
+    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="",
+                                 help_text="What to say (at most TTS_MAX_TEXT_CHARS characters, 5000 by default).")
+    ssml = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="",
+                                 help_text="Or SSML: a <speak> document (break, prosody, say-as, sub, emphasis).")
+    voice_id = serializers.CharField(required=False, default="default", max_length=100,
+                                     help_text="A preloaded voice or one of the tenant's own (GET /v1/voices).")
+    language = serializers.CharField(required=False, allow_blank=True, default="", max_length=16,
+                                     help_text="A language the voice speaks (e.g. en, de-DE); empty: the voice's own.")
+    streaming = serializers.BooleanField(required=False, default=True,
+                                         help_text="true: audio as it is produced; false: the whole clip at once.")
+    speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0,
+                                   help_text="Speaking rate, 1.0 normal.")
+    format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="wav",
+                                     help_text="wav: 16-bit PCM in a WAV container; pcm: raw 16-bit little-endian.")
 
     def validate(self, attrs):
         if attrs["text"].strip() and attrs["ssml"].strip():
@@ -28,3 +35,58 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
 
     def validate(self, attrs):
         return {**super().validate(attrs), "streaming": True}
+
+
+# --- what /v1/health answers (documentation: HealthView builds the dict itself) ------------------------------------
+
+class EngineStateSerializer(serializers.Serializer):
+    available = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["available", "loading", "unavailable"])
+    reason = serializers.CharField(required=False, help_text="Why the engine is not available (absent when it is).")
+    workers = serializers.IntegerField(help_text="Live model workers serving it.")
+    capacity = serializers.IntegerField(required=False, help_text="Streams those workers serve at once.")
+    sample_rate = serializers.IntegerField(required=False, help_text="Of the audio it produces, in Hz.")
+    languages = serializers.ListField(child=serializers.CharField(), required=False)
+    supports_cloning = serializers.BooleanField(required=False)
+    supports_streaming = serializers.BooleanField(required=False)
+
+
+class DatabaseStateSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    vendor = serializers.CharField(required=False, help_text="sqlite or postgresql")
+    error = serializers.CharField(required=False)
+
+
+class RedisStateSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error = serializers.CharField(required=False)
+
+
+class WorkerStateSerializer(serializers.Serializer):
+    worker_id = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    loading = serializers.BooleanField()
+    capacity = serializers.IntegerField(help_text="Jobs it serves at once.")
+    load = serializers.IntegerField(help_text="Jobs it serves now.")
+    waiting_for_client = serializers.IntegerField(help_text="Of those, streams waiting for their client to read.")
+    engines_paused = serializers.IntegerField()
+    accepting = serializers.BooleanField(help_text="Takes new jobs now.")
+    jobs_started = serializers.IntegerField()
+    batches = serializers.DictField(child=serializers.DictField(), help_text="Batching engines' statistics.")
+    heartbeat_at = serializers.FloatField(help_text="Unix time of its last heartbeat.")
+    engines = serializers.ListField(child=serializers.CharField(), help_text="The engines it serves.")
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["ok", "loading", "degraded", "unhealthy"],
+        help_text="ok: every engine available; loading: engines still coming up; degraded: some engine "
+                  "unavailable; unhealthy: nothing can be served (HTTP 503).",
+    )
+    version = serializers.CharField()
+    database = DatabaseStateSerializer()
+    redis = RedisStateSerializer(required=False, help_text="Production topology only (REDIS_URL set).")
+    engines = serializers.DictField(child=EngineStateSerializer(), help_text="Per configured engine.")
+    workers = WorkerStateSerializer(many=True)
+    embedded_worker = serializers.BooleanField(help_text="The model worker runs inside the web process.")

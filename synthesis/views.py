@@ -1,16 +1,20 @@
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
+from callwaiting.openapi import binary_response, error_responses
 from synthesis import heartbeats, metrics
-from synthesis.serializers import SynthesizeSerializer
+from synthesis.serializers import HealthSerializer, SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
@@ -25,6 +29,51 @@ class SynthesizeView(TenantApiView):
     parsing, validation, the error shape), run in a worker thread in one go."""
 
     required_scope = "synthesize"
+
+    @extend_schema(
+        operation_id="synthesize",
+        summary="Speech for text or SSML",
+        description=(
+            "Streams the audio as it is produced (`streaming: true`, chunked transfer; the WAV header's sizes "
+            "are 0xFFFFFFFF) or answers the whole clip with its Content-Length (`streaming: false`). Send `text` "
+            "or `ssml` (a `<speak>` document: break, prosody, say-as, sub, emphasis), not both. JSON or form "
+            "bodies are accepted. One usage row is billed per request id."
+        ),
+        tags=["synthesis"],
+        request=SynthesizeSerializer,
+        parameters=[
+            OpenApiParameter(
+                "X-Request-ID", OpenApiTypes.UUID, OpenApiParameter.HEADER,
+                description="Makes billing idempotent: a retry with the same id and the same request is billed "
+                            "once (tried at most TTS_REQUEST_MAX_ATTEMPTS times); another request with it is a 409.",
+            ),
+        ],
+        responses={
+            (200, "audio/wav"): binary_response(
+                "format=wav: a WAV file, 16-bit mono PCM at X-Sample-Rate (a streaming header while streaming)."),
+            (200, "audio/L16"): binary_response(
+                "format=pcm: raw 16-bit mono little-endian PCM at X-Sample-Rate, no header."),
+            **error_responses(
+                "invalid_request", "malformed_request", "invalid_request_id", "empty_text", "invalid_ssml",
+                "quota_exceeded", "voice_not_found", "voice_not_ready", "request_id_conflict", "request_in_progress",
+                "too_many_attempts", "text_too_long", "audio_too_long", "request_too_large", "unsupported_media_type",
+                "unsupported_language", "too_many_streams", "voice_unavailable", "engine_unavailable",
+                "engine_loading", "no_worker_available", "queue_unavailable", "worker_timeout", "worker_lost",
+            ),
+        },
+        examples=[
+            OpenApiExample("text", request_only=True, value={
+                "text": "Thanks for calling. How can I help you today?", "voice_id": "default", "language": "en",
+                "streaming": True, "speed": 1.0, "format": "wav"}),
+            OpenApiExample("ssml", request_only=True, value={
+                "ssml": '<speak>Please hold.<break time="500ms"/><prosody rate="slow">Your call matters to '
+                        "us.</prosody></speak>", "voice_id": "default", "format": "pcm"}),
+        ],
+    )
+    def post(self, request):
+        """The schema and the Allow header of a 405 only: POST is served by `synthesize` below, which runs this
+        class's checks (admit) itself and streams the audio from the event loop."""
+        raise ImproperlyConfigured("POST /v1/synthesize is served by synthesis.views.synthesize, not this method.")
 
     def admit(self, request) -> tuple[SynthesisSession | None, HttpResponse | None]:
         """DRF's checks and the session's own (database, quota, concurrency): a prepared session, or the error
@@ -102,6 +151,8 @@ async def synthesize(request):
 # The view class this function serves, as Django's as_view() records it: what the URL walk in
 # tests/tenants/test_api.py reads to see that /v1/synthesize is tenant-scoped (SynthesizeView's checks).
 synthesize.view_class = SynthesizeView
+# ...and as DRF's as_view() records it for schema generation (drf-spectacular documents SynthesizeView.post).
+synthesize.cls, synthesize.initkwargs = SynthesizeView, {}
 
 
 # What /v1/health shows of each live worker's heartbeat.
@@ -123,6 +174,23 @@ class HealthView(APIView):
     permission_classes = [AllowAny]
     throttle_classes: list = []
 
+    @extend_schema(
+        operation_id="health", summary="Service health", tags=["operations"],
+        description="No key needed (load balancers and probes). 200 while something can be served (ok, loading, "
+                    "degraded), 503 with Retry-After when nothing can.",
+        responses={200: HealthSerializer, 503: OpenApiResponse(HealthSerializer, description="Nothing can be served "
+                   "(status unhealthy, or loading with no engine up yet); Retry-After says when to look again.")},
+        examples=[OpenApiExample("ok", response_only=True, value={
+            "status": "ok", "version": "0.1.0", "database": {"ok": True, "vendor": "postgresql"},
+            "redis": {"ok": True},
+            "engines": {"espeak": {"available": True, "state": "available", "workers": 1, "capacity": 8,
+                                   "sample_rate": 22050, "languages": ["en", "de"], "supports_cloning": False,
+                                   "supports_streaming": True}},
+            "workers": [{"worker_id": "gpu-0-1234", "host": "gpu-0", "pid": 1234, "loading": False, "capacity": 8,
+                         "load": 2, "waiting_for_client": 0, "engines_paused": 0, "accepting": True,
+                         "jobs_started": 310, "batches": {}, "heartbeat_at": 1790000000.5, "engines": ["espeak"]}],
+            "embedded_worker": False})],
+    )
     def get(self, request):
         try:
             with connection.cursor() as cursor:
@@ -178,5 +246,18 @@ class MetricsView(APIView):
     permission_classes = [IsOperator]
     throttle_classes: list = []
 
+    @extend_schema(
+        operation_id="metrics", summary="Prometheus metrics (operators)", tags=["operations"],
+        responses={
+            (200, "text/plain"): OpenApiResponse(
+                OpenApiTypes.STR, description="Prometheus text exposition format 0.0.4: requests, time to first "
+                "audio, streams, worker load... of every tenant together.",
+                examples=[OpenApiExample("metrics", response_only=True, value=(
+                    "# HELP tts_requests_total Synthesis requests by engine and outcome.\n"
+                    "# TYPE tts_requests_total counter\n"
+                    'tts_requests_total{engine="espeak",status="success"} 42.0\n'))]),
+            **error_responses("authentication_required", "operator_only", key=False),
+        },
+    )
     def get(self, request):
         return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
