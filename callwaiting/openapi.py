@@ -25,7 +25,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 # Every error code the HTTP API answers with: (HTTP status, an example message). Codes of the WebSocket API
-# alone (binary_frame, unknown_message_type, too_many_queued...) are in its protocol description.
+# alone are in its protocol description (WEBSOCKET_ERRORS). tests/test_api_docs.py checks that every code the
+# code base raises is one of them: a new code is documented here.
 ERRORS: dict[str, tuple[int, str]] = {
     # the request itself
     "invalid_request": (400, "speed: Ensure this value is less than or equal to 2.0."),
@@ -47,6 +48,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "missing_scope": (403, "This API key lacks the 'synthesize' scope."),
     "operator_only": (403, "/v1/metrics shows the whole service and is for its operators (Authorization: Bearer "
                            "<METRICS_TOKEN>, or a staff session); a tenant's own usage is at /v1/tenant/stats."),
+    "permission_denied": (403, "You do not have permission to perform this action."),
     "voice_preloaded": (403, "Preloaded voices cannot be changed or deleted."),
     "not_found": (404, "No such endpoint: /v1/voice"),
     "voice_not_found": (404, "No voice 'nova' for this tenant."),
@@ -63,22 +65,29 @@ ERRORS: dict[str, tuple[int, str]] = {
                             "(TTS_MAX_AUDIO_SECONDS)."),
     "request_too_large": (413, "Request bodies on /v1/synthesize are limited to 2621440 bytes."),
     "upload_too_large": (413, "Uploads are limited to 10551296 bytes."),
+    "uri_too_long": (414, "The request line is over 16384 bytes."),
     "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
     "unsupported_language": (422, "Voice 'default' speaks en, not 'de'."),
     "engine_cannot_clone": (422, "The espeak engine cannot clone voices."),
+    "invalid_voice_settings": (422, "The voice's engine settings are not valid for its engine."),
+    "invalid_audio": (422, "The voice's reference audio could not be decoded."),
     "rate_limited": (429, "Request was throttled. Expected available in 12 seconds."),
     "too_many_streams": (429, "This tenant already has 50 streams in flight."),
+    "headers_too_large": (431, "The request's header fields are over 16384 bytes together."),
     "internal_error": (500, "The server failed on this request; it has been logged."),
+    "worker_failed": (503, "The model worker failed on this job."),
     "service_unavailable": (503, "Redis (rate limits, model-worker registry, job queue) cannot be reached; try again "
                                  "shortly."),
     "voice_unavailable": (503, "Voice 'nova' is unavailable: reference audio is missing"),
     "engine_unavailable": (503, "Voice 'nova': no live model worker serves the 'xtts' engine"),
     "engine_loading": (503, "Voice 'nova': the xtts engine is loading."),
     "no_worker_available": (503, "No model worker took the job within 5 s; try again shortly."),
-    "queue_unavailable": (503, "The job queue cannot be reached; try again shortly."),
-    "worker_timeout": (503, "The model worker sent no audio for 30 s."),
-    "worker_lost": (503, "The model worker serving this stream stopped."),
+    "queue_unavailable": (503, "The job queue (Redis) cannot be reached; try again shortly."),
+    "worker_timeout": (503, "The model worker did not answer for 30 s."),
+    "worker_lost": (503, "The model worker serving this request stopped; try again."),
 }
+
+WEBSOCKET_ERRORS = ("binary_frame", "unknown_message_type", "too_many_queued", "message_too_large")
 
 # What any endpoint behind a tenant's API key may answer, whatever it does: the key, its scope, the tenant's rate
 # limit, an outage of Redis or the database.

@@ -1,6 +1,12 @@
 from rest_framework import serializers
 
 AUDIO_FORMATS = ("wav", "pcm")
+# The Content-Type of each format's answer (POST /v1/synthesize), and how the API schema describes its bytes.
+AUDIO_CONTENT_TYPES = {
+    "wav": ("audio/wav", "format=wav: a WAV file, 16-bit mono PCM at X-Sample-Rate (while streaming, its header's "
+                         "sizes are 0xFFFFFFFF: unknown)."),
+    "pcm": ("audio/L16", "format=pcm: raw 16-bit mono little-endian PCM at X-Sample-Rate, no header."),
+}
 
 
 class SynthesizeSerializer(serializers.Serializer):

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
 from callwaiting.openapi import binary_response, error_responses
 from synthesis import heartbeats, metrics
-from synthesis.serializers import HealthSerializer, SynthesizeSerializer
+from synthesis.serializers import AUDIO_CONTENT_TYPES, HealthSerializer, SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
@@ -49,16 +49,15 @@ class SynthesizeView(TenantApiView):
             ),
         ],
         responses={
-            (200, "audio/wav"): binary_response(
-                "format=wav: a WAV file, 16-bit mono PCM at X-Sample-Rate (a streaming header while streaming)."),
-            (200, "audio/L16"): binary_response(
-                "format=pcm: raw 16-bit mono little-endian PCM at X-Sample-Rate, no header."),
+            **{(200, content_type): binary_response(description)
+               for content_type, description in AUDIO_CONTENT_TYPES.values()},
             **error_responses(
                 "invalid_request", "malformed_request", "invalid_request_id", "empty_text", "invalid_ssml",
                 "quota_exceeded", "voice_not_found", "voice_not_ready", "request_id_conflict", "request_in_progress",
                 "too_many_attempts", "text_too_long", "audio_too_long", "request_too_large", "unsupported_media_type",
                 "unsupported_language", "too_many_streams", "voice_unavailable", "engine_unavailable",
                 "engine_loading", "no_worker_available", "queue_unavailable", "worker_timeout", "worker_lost",
+                "worker_failed", "invalid_voice_settings",
             ),
         },
         examples=[
@@ -128,7 +127,7 @@ async def synthesize(request):
             body = await session.collect(first)
     except ApiError as exc:
         return _error_response(exc)  # start() and collect() have written the usage row
-    content_type = "audio/wav" if session.audio_format == "wav" else "audio/L16"
+    content_type = AUDIO_CONTENT_TYPES[session.audio_format][0]
     headers = {
         "X-Request-ID": str(session.request_id),
         "X-Sample-Rate": str(session.sample_rate),

@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.meta import TestPhase
 from schemathesis.generation.modes import GenerationMode
 
-from callwaiting.openapi import ERRORS
+from callwaiting.openapi import ERRORS, WEBSOCKET_ERRORS
 from tests.live import ROOT, start_server
 
 
@@ -70,6 +70,25 @@ def test_every_error_is_the_one_error_shape_with_an_example_of_each_code(generat
                 for name, example in content["examples"].items():
                     code = example["value"]["error"]["code"]
                     assert ERRORS[code][0] == int(status), (path, method, code)
+
+
+# Where the code base names an error code: raising it, failing a job with it, a worker's reply, a refusal.
+_RAISED_CODE = re.compile(
+    r'(?:ApiError|DispatchError|KeyRejected|KeyAuthenticationFailed|error_response|error_body|_fail)\(\s*"([a-z_]+)"'
+    r'|\bcode="([a-z_]+)"|refusal = \("([a-z_]+)"'
+)
+
+
+def test_every_error_code_the_code_raises_is_documented():
+    from callwaiting.errors import _DRF_CODES
+    from synthesis.dispatch import _CLIENT_ERROR_CODES
+
+    raised = set(_DRF_CODES.values()) | set(_CLIENT_ERROR_CODES)
+    for app in ("callwaiting", "synthesis", "tenants", "voices"):
+        for source in (ROOT / app).rglob("*.py"):
+            raised |= {next(filter(None, match.groups())) for match in _RAISED_CODE.finditer(source.read_text())}
+    assert {"voice_not_found", "worker_lost", "invalid_api_key", "too_many_queued"} <= raised  # the scan works
+    assert raised - set(ERRORS) - set(WEBSOCKET_ERRORS) == set()
 
 
 def test_security_schemes_tenant_key_and_operator_token(generated_schema):
