@@ -245,7 +245,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
+    # validatorUrl None: Swagger UI would otherwise load a badge from validator.swagger.io (the schema's URL
+    # sent to a third party). The key typed into Authorize is not persisted in the browser's storage.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "displayRequestDuration": True, "validatorUrl": None},
     # Request and response bodies as separate components: an upload's file field is binary in the request.
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/v1",

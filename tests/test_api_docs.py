@@ -175,6 +175,8 @@ def test_the_docs_load_every_asset_from_this_server(server, page):
         assert asset.getheader("Content-Type").split(";")[0] in {"text/javascript", "application/javascript", "text/css",
                                                                  "image/png"}, url
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    if page == "/docs":
+        assert '"validatorUrl": null' in html  # no badge fetched from validator.swagger.io
 
 
 def test_a_missing_static_file_is_a_404_in_the_error_shape(server):
