@@ -194,9 +194,10 @@ def api_description() -> str:
     from synthesis import consumers
 
     title, _, protocol = consumers.__doc__.partition("\n")
+    summary = title.split(":", 1)[-1].strip()
     return (
         f"{_INTRODUCTION}{_error_table()}\n"
-        f"## WebSocket API: `GET /v1/stream` (upgrade)\n\n{title.split(':', 1)[-1].strip()}\n\n"
+        f"## WebSocket API: GET /v1/stream\n\n{summary[:1].upper()}{summary[1:]}\n\n"
         f"```text\n{protocol.strip()}\n```\n"
     )
 
@@ -204,7 +205,6 @@ def api_description() -> str:
 def postprocess_schema(result, generator, request, public):
     """SPECTACULAR_SETTINGS' postprocessing hook: the description above (built here, once the apps are loaded)."""
     result["info"]["description"] = api_description()
-    result["info"]["license"] = {"name": "Proprietary"}
     return result
 
 
