@@ -22,6 +22,11 @@ from tenants.models import UsageRecord
 from tenants.permissions import IsOperator
 
 
+# One description for the 200 of every audio content type (documentation UIs show one per status).
+_AUDIO_DESCRIPTION = "The audio, in the Content-Type of the requested format. " + " ".join(
+    f"`{content_type}`: {description}" for content_type, description in AUDIO_CONTENT_TYPES.values())
+
+
 class SynthesizeView(TenantApiView):
     """POST /v1/synthesize: speech for text or SSML, streamed as it is produced (WAV or raw PCM).
 
@@ -47,10 +52,15 @@ class SynthesizeView(TenantApiView):
                 description="Makes billing idempotent: a retry with the same id and the same request is billed "
                             "once (tried at most TTS_REQUEST_MAX_ATTEMPTS times); another request with it is a 409.",
             ),
+            OpenApiParameter("X-Request-ID", OpenApiTypes.UUID, OpenApiParameter.HEADER, response=[200],
+                             description="The request's id: the one sent, or one made for it (its usage row)."),
+            OpenApiParameter("X-Sample-Rate", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
+                             description="Of the audio, in Hz (22050 for eSpeak, 24000 for XTTS)."),
+            OpenApiParameter("X-Worker-Id", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200],
+                             description="The model worker that made it, for operators."),
         ],
         responses={
-            **{(200, content_type): binary_response(description)
-               for content_type, description in AUDIO_CONTENT_TYPES.values()},
+            **{(200, content_type): binary_response(_AUDIO_DESCRIPTION) for content_type, _ in AUDIO_CONTENT_TYPES.values()},
             **error_responses(
                 "invalid_request", "malformed_request", "invalid_request_id", "empty_text", "invalid_ssml",
                 "quota_exceeded", "voice_not_found", "voice_not_ready", "request_id_conflict", "request_in_progress",
