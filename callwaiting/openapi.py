@@ -8,12 +8,14 @@ shares, so a view documents itself with one decorator line:
   limit and outages added for tenant views;
 - the security schemes: `ApiKey` (tenant key, tenants.authentication.ApiKeyAuthentication) and `OperatorToken`
   (METRICS_TOKEN, tenants.authentication.OperatorAuthentication), picked up from each view's authenticators;
-- the schema's description: how to authenticate, the error shape, every error code, and the WebSocket protocol of
-  /v1/stream (the docstring of synthesis/consumers.py), which OpenAPI cannot describe as an operation.
+- the schema's description: how to authenticate, the error shape, every error code, and the WebSocket protocols
+  (WEBSOCKET_APIS: /v1/stream from the docstring of synthesis/consumers.py), which OpenAPI cannot describe as
+  operations.
 
 Views and serializers stay the source: fields, choices and limits come from the serializers, so a field added
 there is documented without touching this module.
 """
+import importlib
 import threading
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -164,8 +166,8 @@ class OperatorTokenScheme(OpenApiAuthenticationExtension):
 
 
 _INTRODUCTION = """\
-Streaming text-to-speech for phone-call products: REST endpoints below, and a WebSocket API for live calls
-(described at the end of this page).
+Streaming text-to-speech for phone-call products: REST endpoints below, and WebSocket APIs for live calls
+(described after the error codes).
 
 **Authentication.** Every endpoint but `/v1/health` (and this documentation) needs a tenant API key:
 `Authorization: Bearer sk_...` (click *Authorize*). `/v1/metrics` needs the operator token instead.
@@ -190,15 +192,22 @@ def _error_table() -> str:
     )
 
 
-def api_description() -> str:
-    from synthesis import consumers
+# The WebSocket APIs, which OpenAPI cannot describe as operations: (path, the module whose docstring documents
+# the protocol, its first line a title "...: summary"). A new WebSocket endpoint adds its line here.
+WEBSOCKET_APIS = [
+    ("/v1/stream", "synthesis.consumers"),
+]
 
-    title, _, protocol = consumers.__doc__.partition("\n")
+
+def _websocket_section(path: str, module_name: str) -> str:
+    title, _, protocol = importlib.import_module(module_name).__doc__.partition("\n")
     summary = title.split(":", 1)[-1].strip()
-    return (
-        f"{_INTRODUCTION}{_error_table()}\n"
-        f"## WebSocket API: GET /v1/stream\n\n{summary[:1].upper()}{summary[1:]}\n\n"
-        f"```text\n{protocol.strip()}\n```\n"
+    return f"## WebSocket API: GET {path}\n\n{summary[:1].upper()}{summary[1:]}\n\n```text\n{protocol.strip()}\n```\n"
+
+
+def api_description() -> str:
+    return f"{_INTRODUCTION}{_error_table()}\n" + "\n".join(
+        _websocket_section(path, module) for path, module in WEBSOCKET_APIS
     )
 
 
