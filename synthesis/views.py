@@ -41,8 +41,8 @@ class SynthesizeView(TenantApiView):
         description=(
             "Streams the audio as it is produced (`streaming: true`, chunked transfer; the WAV header's sizes "
             "are 0xFFFFFFFF) or answers the whole clip with its Content-Length (`streaming: false`). Send `text` "
-            "or `ssml` (a `<speak>` document: break, prosody, say-as, sub, emphasis), not both. JSON or form "
-            "bodies are accepted. One usage row is billed per request id."
+            "or `ssml` (a `<speak>` document: break, prosody, say-as, sub, emphasis), not both, with something to "
+            "say (else 400 `empty_text`). JSON or form bodies are accepted. One usage row is billed per request id."
         ),
         tags=["synthesis"],
         request=SynthesizeSerializer,
