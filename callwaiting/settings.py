@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "corsheaders",  # its system checks; the middleware is mounted on the API's handler only (callwaiting/middleware.py)
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: /docs works offline
     "channels",
     "tenants",
     "voices",
@@ -242,6 +244,32 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "callwaiting.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# --- API documentation: the OpenAPI schema at /v1/schema, Swagger UI at /docs, ReDoc at /docs/redoc -----------
+# Generated from the views and serializers; the shared pieces (error shape, auth schemes, the WebSocket
+# protocol in the description) are in callwaiting/openapi.py. Both are public, like the seed README's /docs.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CallWaiting TTS API",
+    "VERSION": VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # The UI's JavaScript and CSS come from this server's static files (drf-spectacular-sidecar), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl None: Swagger UI would otherwise load a badge from validator.swagger.io (the schema's URL
+    # sent to a third party). The key typed into Authorize is not persisted in the browser's storage.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "displayRequestDuration": True, "validatorUrl": None},
+    # Request and response bodies as separate components: an upload's file field is binary in the request.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "callwaiting.openapi.postprocess_schema",
+    ],
 }
 
 # --- synthesis --------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
+
+from callwaiting.openapi import SchemaView
 
 from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
 from tenants.views import TenantStatsView
@@ -15,6 +18,10 @@ urlpatterns = [
     path("v1/health", HealthView.as_view(), name="health"),
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),
+    # The OpenAPI schema and the interactive docs: public, their assets served from /static/ (callwaiting/asgi.py).
+    path("v1/schema", SchemaView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("admin/", admin.site.urls),
 ]
 

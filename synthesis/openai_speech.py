@@ -16,9 +16,12 @@ import functools
 import json
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+# What the API docs say of it (the module docstring, which is the reference).
+OPENAI_SPEECH_DESCRIPTION = "\n".join(line.strip() for line in __doc__.splitlines())
 OPENAI_SAMPLE_RATE = 24000
 
 
@@ -32,6 +35,10 @@ def openai_mapping() -> dict:
     return _mapping(str(settings.TTS_OPENAI_CONFIG))
 
 
+@extend_schema_field({"oneOf": [
+    {"type": "string", "example": "alloy"},
+    {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+]})
 class OpenAIVoiceField(serializers.Field):
     """OpenAI sends a voice as a name ("alloy") or, for custom voices, as {"id": "..."}."""
 

@@ -1,15 +1,36 @@
 from rest_framework import serializers
 
-from synthesis.encoders import API_FORMATS, SAMPLE_RATES, sample_rate_error
+from synthesis.encoders import API_FORMATS, FORMATS, SAMPLE_RATES, sample_rate_error
+
+# How the API schema describes each format's bytes (the Content-Type comes from synthesis.encoders).
+_FORMAT_DESCRIPTIONS = {
+    "wav": "a WAV file, 16-bit mono PCM at X-Sample-Rate (while streaming, its header's sizes are 0xFFFFFFFF: unknown).",
+    "pcm": "raw 16-bit mono little-endian PCM at X-Sample-Rate, no header.",
+    "mulaw": "G.711 mu-law, one byte a sample, at X-Sample-Rate (8000 unless sample_rate says otherwise).",
+    "alaw": "G.711 A-law, one byte a sample, at X-Sample-Rate (8000 unless sample_rate says otherwise).",
+    "mp3": "MP3 frames (LAME), streamable as they arrive.",
+    "opus": "Opus in Ogg pages of 20 ms.",
+    "flac": "FLAC, streamed (the header carries no total length).",
+}
+# The Content-Type of each format's answer (POST /v1/synthesize), and how the API schema describes its bytes.
+AUDIO_CONTENT_TYPES = {
+    name: (FORMATS[name].content_type, f"format={name}: {_FORMAT_DESCRIPTIONS[name]}") for name in API_FORMATS
+}
 
 
 class SynthesizeSerializer(serializers.Serializer):
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-    ssml = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="")
-    voice_id = serializers.CharField(required=False, default="default", max_length=100)
-    language = serializers.CharField(required=False, allow_blank=True, default="", max_length=16)
-    streaming = serializers.BooleanField(required=False, default=True)
-    speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0)
+    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="",
+                                 help_text="What to say (at most TTS_MAX_TEXT_CHARS characters, 5000 by default).")
+    ssml = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default="",
+                                 help_text="Or SSML: a <speak> document (break, prosody, say-as, sub, emphasis).")
+    voice_id = serializers.CharField(required=False, default="default", max_length=100,
+                                     help_text="A preloaded voice or one of the tenant's own (GET /v1/voices).")
+    language = serializers.CharField(required=False, allow_blank=True, default="", max_length=16,
+                                     help_text="A language the voice speaks (e.g. en, de-DE); empty: the voice's own.")
+    streaming = serializers.BooleanField(required=False, default=True,
+                                         help_text="true: audio as it is produced; false: the whole clip at once.")
+    speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0,
+                                   help_text="Speaking rate, 1.0 normal.")
     format = serializers.ChoiceField(
         choices=API_FORMATS, required=False, default="wav",
         help_text="wav (streaming header), pcm (16-bit little-endian mono), mulaw / alaw (G.711, 8 kHz unless "
@@ -40,3 +61,66 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
 
     def validate(self, attrs):
         return {**super().validate(attrs), "streaming": True}
+
+
+class StreamTokenSerializer(serializers.Serializer):
+    """What POST /v1/stream/token answers (documentation: the view builds the dict itself)."""
+
+    token = serializers.CharField(help_text="Single use; only its hash is stored.")
+    expires_in = serializers.IntegerField(help_text="Seconds it may still be used in (TTS_STREAM_TOKEN_SECONDS).")
+    url = serializers.CharField(help_text="The WebSocket path to open with it: /v1/stream?token=...")
+
+
+# --- what /v1/health answers (documentation: HealthView builds the dict itself) ------------------------------------
+
+class EngineStateSerializer(serializers.Serializer):
+    available = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["available", "loading", "unavailable"])
+    reason = serializers.CharField(required=False, help_text="Why the engine is not available (absent when it is).")
+    workers = serializers.IntegerField(help_text="Live model workers serving it.")
+    capacity = serializers.IntegerField(required=False, help_text="Streams those workers serve at once.")
+    sample_rate = serializers.IntegerField(required=False, help_text="Of the audio it produces, in Hz.")
+    languages = serializers.ListField(child=serializers.CharField(), required=False)
+    supports_cloning = serializers.BooleanField(required=False)
+    supports_streaming = serializers.BooleanField(required=False)
+
+
+class DatabaseStateSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    vendor = serializers.CharField(required=False, help_text="sqlite or postgresql")
+    error = serializers.CharField(required=False)
+
+
+class RedisStateSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error = serializers.CharField(required=False)
+
+
+class WorkerStateSerializer(serializers.Serializer):
+    worker_id = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    loading = serializers.BooleanField()
+    capacity = serializers.IntegerField(help_text="Jobs it serves at once.")
+    load = serializers.IntegerField(help_text="Jobs it serves now.")
+    waiting_for_client = serializers.IntegerField(help_text="Of those, streams waiting for their client to read.")
+    engines_paused = serializers.IntegerField()
+    accepting = serializers.BooleanField(help_text="Takes new jobs now.")
+    jobs_started = serializers.IntegerField()
+    batches = serializers.DictField(child=serializers.DictField(), help_text="Batching engines' statistics.")
+    heartbeat_at = serializers.FloatField(help_text="Unix time of its last heartbeat.")
+    engines = serializers.ListField(child=serializers.CharField(), help_text="The engines it serves.")
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["ok", "loading", "degraded", "unhealthy"],
+        help_text="ok: every engine available; loading: engines still coming up; degraded: some engine "
+                  "unavailable; unhealthy: nothing can be served (HTTP 503).",
+    )
+    version = serializers.CharField()
+    database = DatabaseStateSerializer()
+    redis = RedisStateSerializer(required=False, help_text="Production topology only (REDIS_URL set).")
+    engines = serializers.DictField(child=EngineStateSerializer(), help_text="Per configured engine.")
+    workers = WorkerStateSerializer(many=True)
+    embedded_worker = serializers.BooleanField(help_text="The model worker runs inside the web process.")

@@ -1,8 +1,11 @@
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny
@@ -10,9 +13,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
+from callwaiting.openapi import binary_response, error_responses
 from synthesis import heartbeats, metrics
-from synthesis.openai_speech import OpenAISpeechSerializer
-from synthesis.serializers import SynthesizeSerializer
+from synthesis.encoders import FORMATS
+from synthesis.openai_speech import OPENAI_FORMATS, OPENAI_SPEECH_DESCRIPTION, OpenAISpeechSerializer
+from synthesis.serializers import AUDIO_CONTENT_TYPES, HealthSerializer, StreamTokenSerializer, SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
@@ -29,6 +34,27 @@ class AudioNegotiation(DefaultContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+# One description for the 200 of every audio content type (documentation UIs show one per status).
+_AUDIO_DESCRIPTION = "The audio, in the Content-Type of the requested format. " + " ".join(
+    f"`{content_type}`: {description}" for content_type, description in AUDIO_CONTENT_TYPES.values())
+
+
+# The headers of a synthesis request and its answer, for the API schema.
+SYNTHESIS_HEADERS = [
+    OpenApiParameter(
+        "X-Request-ID", OpenApiTypes.UUID, OpenApiParameter.HEADER,
+        description="Makes billing idempotent: a retry with the same id and the same request is billed "
+                    "once (tried at most TTS_REQUEST_MAX_ATTEMPTS times); another request with it is a 409.",
+    ),
+    OpenApiParameter("X-Request-ID", OpenApiTypes.UUID, OpenApiParameter.HEADER, response=[200],
+                     description="The request's id: the one sent, or one made for it (its usage row)."),
+    OpenApiParameter("X-Sample-Rate", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200],
+                     description="Of the audio, in Hz (22050 for eSpeak, 24000 for XTTS)."),
+    OpenApiParameter("X-Worker-Id", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200],
+                     description="The model worker that made it, for operators."),
+]
+
+
 class SynthesizeView(TenantApiView):
     """POST /v1/synthesize: speech for text or SSML, streamed as it is produced in the format asked for.
 
@@ -37,6 +63,43 @@ class SynthesizeView(TenantApiView):
 
     required_scope = "synthesize"
     content_negotiation_class = AudioNegotiation
+
+    @extend_schema(
+        operation_id="synthesize",
+        summary="Speech for text or SSML",
+        description=(
+            "Streams the audio as it is produced (`streaming: true`, chunked transfer; the WAV header's sizes "
+            "are 0xFFFFFFFF) or answers the whole clip with its Content-Length (`streaming: false`). Send `text` "
+            "or `ssml` (a `<speak>` document: break, prosody, say-as, sub, emphasis), not both, with something to "
+            "say (else 400 `empty_text`). JSON or form bodies are accepted. One usage row is billed per request id."
+        ),
+        tags=["synthesis"],
+        request=SynthesizeSerializer,
+        parameters=SYNTHESIS_HEADERS,
+        responses={
+            **{(200, content_type): binary_response(_AUDIO_DESCRIPTION) for content_type, _ in AUDIO_CONTENT_TYPES.values()},
+            **error_responses(
+                "invalid_request", "malformed_request", "invalid_request_id", "empty_text", "invalid_ssml",
+                "quota_exceeded", "voice_not_found", "voice_not_ready", "request_id_conflict", "request_in_progress",
+                "too_many_attempts", "text_too_long", "audio_too_long", "request_too_large", "unsupported_media_type",
+                "unsupported_language", "too_many_streams", "voice_unavailable", "engine_unavailable",
+                "engine_loading", "no_worker_available", "queue_unavailable", "worker_timeout", "worker_lost",
+                "worker_failed", "invalid_voice_settings",
+            ),
+        },
+        examples=[
+            OpenApiExample("text", request_only=True, value={
+                "text": "Thanks for calling. How can I help you today?", "voice_id": "default", "language": "en",
+                "streaming": True, "speed": 1.0, "format": "wav"}),
+            OpenApiExample("ssml", request_only=True, value={
+                "ssml": '<speak>Please hold.<break time="500ms"/><prosody rate="slow">Your call matters to '
+                        "us.</prosody></speak>", "voice_id": "default", "format": "pcm"}),
+        ],
+    )
+    def post(self, request):
+        """The schema and the Allow header of a 405 only: POST is served by `synthesize` below, which runs this
+        class's checks (admit) itself and streams the audio from the event loop."""
+        raise ImproperlyConfigured("POST /v1/synthesize is served by synthesis.views.synthesize, not this method.")
 
     def admit(self, request) -> tuple[SynthesisSession | None, HttpResponse | None]:
         """DRF's checks and the session's own (database, quota, concurrency): a prepared session, or the error
@@ -74,6 +137,17 @@ class StreamTokenView(TenantApiView):
 
     required_scope = "synthesize"
 
+    @extend_schema(
+        operation_id="stream_token",
+        summary="A single-use token for the WebSocket API from a browser",
+        description="Open `/v1/stream?token=...` with it within `expires_in` seconds (TTS_STREAM_TOKEN_SECONDS); "
+                    "it opens one connection, as this key, and is gone once used.",
+        tags=["synthesis"],
+        request=None,
+        responses={200: StreamTokenSerializer, **error_responses()},
+        examples=[OpenApiExample("token", response_only=True, value={
+            "token": "wst_4kVb...", "expires_in": 60, "url": "/v1/stream?token=wst_4kVb..."})],
+    )
     def post(self, request):
         issued = stream_token_issue(api_key=request.auth)
         body = {"token": issued.token, "expires_in": issued.expires_in, "url": f"/v1/stream?token={issued.token}"}
@@ -82,6 +156,32 @@ class StreamTokenView(TenantApiView):
 
 class OpenAISpeechView(SynthesizeView):
     """POST /v1/audio/speech: OpenAI's request shape (synthesis.openai_speech), served as POST /v1/synthesize."""
+
+    @extend_schema(
+        operation_id="openai_speech",
+        summary="OpenAI-compatible speech (OpenAI's SDKs work with base_url pointed here)",
+        description=OPENAI_SPEECH_DESCRIPTION,
+        tags=["synthesis"],
+        request=OpenAISpeechSerializer,
+        parameters=SYNTHESIS_HEADERS,
+        responses={
+            **{(200, FORMATS[name].content_type): binary_response(f"response_format={name}, 24 kHz.")
+               for name in OPENAI_FORMATS},
+            **error_responses(
+                "invalid_request", "malformed_request", "invalid_request_id", "empty_text", "quota_exceeded",
+                "voice_not_found", "voice_not_ready", "request_id_conflict", "request_in_progress",
+                "too_many_attempts", "text_too_long", "audio_too_long", "request_too_large",
+                "unsupported_media_type", "too_many_streams", "voice_unavailable", "engine_unavailable",
+                "engine_loading", "no_worker_available", "queue_unavailable", "worker_timeout", "worker_lost",
+                "worker_failed",
+            ),
+        },
+        examples=[OpenApiExample("speech", request_only=True, value={
+            "model": "tts-1", "voice": "alloy", "input": "Thank you for calling.", "response_format": "mp3"})],
+    )
+    def post(self, request):
+        """The schema only: served by `openai_speech` below."""
+        raise ImproperlyConfigured("POST /v1/audio/speech is served by synthesis.views.openai_speech.")
 
     def synthesize_request(self, data) -> dict:
         serializer = OpenAISpeechSerializer(data=data)
@@ -151,6 +251,9 @@ async def openai_speech(request):
 # tests/tenants/test_api.py reads to see that they are tenant-scoped (SynthesizeView's checks).
 synthesize.view_class = SynthesizeView
 openai_speech.view_class = OpenAISpeechView
+# ...and as DRF's as_view() records them for schema generation (drf-spectacular documents their post()).
+synthesize.cls, synthesize.initkwargs = SynthesizeView, {}
+openai_speech.cls, openai_speech.initkwargs = OpenAISpeechView, {}
 
 
 # What /v1/health shows of each live worker's heartbeat.
@@ -172,6 +275,23 @@ class HealthView(APIView):
     permission_classes = [AllowAny]
     throttle_classes: list = []
 
+    @extend_schema(
+        operation_id="health", summary="Service health", tags=["operations"],
+        description="No key needed (load balancers and probes). 200 while something can be served (ok, loading, "
+                    "degraded), 503 with Retry-After when nothing can.",
+        responses={200: HealthSerializer, 503: OpenApiResponse(HealthSerializer, description="Nothing can be served "
+                   "(status unhealthy, or loading with no engine up yet); Retry-After says when to look again.")},
+        examples=[OpenApiExample("ok", response_only=True, value={
+            "status": "ok", "version": "0.1.0", "database": {"ok": True, "vendor": "postgresql"},
+            "redis": {"ok": True},
+            "engines": {"espeak": {"available": True, "state": "available", "workers": 1, "capacity": 8,
+                                   "sample_rate": 22050, "languages": ["en", "de"], "supports_cloning": False,
+                                   "supports_streaming": True}},
+            "workers": [{"worker_id": "gpu-0-1234", "host": "gpu-0", "pid": 1234, "loading": False, "capacity": 8,
+                         "load": 2, "waiting_for_client": 0, "engines_paused": 0, "accepting": True,
+                         "jobs_started": 310, "batches": {}, "heartbeat_at": 1790000000.5, "engines": ["espeak"]}],
+            "embedded_worker": False})],
+    )
     def get(self, request):
         try:
             with connection.cursor() as cursor:
@@ -227,5 +347,18 @@ class MetricsView(APIView):
     permission_classes = [IsOperator]
     throttle_classes: list = []
 
+    @extend_schema(
+        operation_id="metrics", summary="Prometheus metrics (operators)", tags=["operations"],
+        responses={
+            (200, "text/plain"): OpenApiResponse(
+                OpenApiTypes.STR, description="Prometheus text exposition format 0.0.4: requests, time to first "
+                "audio, streams, worker load... of every tenant together.",
+                examples=[OpenApiExample("metrics", response_only=True, value=(
+                    "# HELP tts_requests_total Synthesis requests by engine and outcome.\n"
+                    "# TYPE tts_requests_total counter\n"
+                    'tts_requests_total{engine="espeak",status="success"} 42.0\n'))]),
+            **error_responses("authentication_required", "operator_only", key=False),
+        },
+    )
     def get(self, request):
         return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

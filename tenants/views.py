@@ -3,11 +3,14 @@ from datetime import datetime, time, timedelta, timezone as dt_timezone
 
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
+from callwaiting.openapi import error_responses
 from tenants import selectors
 from tenants.api import ANY_SCOPE, TenantApiView
+from tenants.serializers import TenantStatsSerializer
 
 MAX_STATS_DAYS = 366
 
@@ -60,11 +63,43 @@ def stats_period(params) -> tuple[datetime, datetime]:
     return start, end
 
 
+# What start and end accept, for the API schema (_parse_bound is the judge: a well-formed date may not exist).
+_DATE_OR_DATETIME = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]+(Z|[+-][0-9:]+)?)?$"}
+
+
 class TenantStatsView(TenantApiView):
     """GET /v1/tenant/stats?start=YYYY-MM-DD&end=YYYY-MM-DD (or ?days=N): usage aggregates for the caller."""
 
     required_scope = ANY_SCOPE  # any key of the tenant may read the tenant's own usage
 
+    @extend_schema(
+        operation_id="tenant_stats", summary="The tenant's usage", tags=["tenant"],
+        description="Aggregates of the caller's usage rows in a period (at most 366 days): totals, per UTC day, "
+                    "per voice, failures per error code, the monthly quota and the tenant's limits.",
+        parameters=[
+            OpenApiParameter("start", _DATE_OR_DATETIME, description="YYYY-MM-DD (the day's start, UTC) or an "
+                             "ISO 8601 datetime. Default: `days` before end."),
+            OpenApiParameter("end", _DATE_OR_DATETIME, description="YYYY-MM-DD (that day included) or an ISO 8601 "
+                             "datetime. Default: now."),
+            OpenApiParameter("days", {"type": "integer", "minimum": 1, "maximum": MAX_STATS_DAYS},
+                             description="Used without start.", default=30),
+        ],
+        responses={200: TenantStatsSerializer, **error_responses("invalid_request")},
+        examples=[OpenApiExample("stats", response_only=True, value={
+            "tenant_id": "acme",
+            "period": {"start": "2026-11-01T00:00:00+00:00", "end": "2026-11-08T00:00:00+00:00"},
+            "totals": {"requests": 120, "characters": 9600, "audio_seconds": 612.4, "errors": 2,
+                       "client_disconnects": 1, "time_to_first_audio_ms": {"avg": 182.5, "max": 410.0}},
+            "by_day": [{"date": "2026-11-03", "requests": 120, "characters": 9600, "audio_seconds": 612.4,
+                        "errors": 2, "client_disconnects": 1, "time_to_first_audio_ms": {"avg": 182.5, "max": 410.0}}],
+            "by_voice": [{"voice_id": "default", "requests": 120, "characters": 9600, "audio_seconds": 612.4,
+                          "errors": 2, "client_disconnects": 1,
+                          "time_to_first_audio_ms": {"avg": 182.5, "max": 410.0}}],
+            "errors_by_code": {"voice_not_found": 2},
+            "quota": {"monthly_characters": 1000000, "used_this_month": 48210},
+            "limits": {"requests_per_minute": 1000, "requests_per_hour": 10000, "max_concurrent_streams": 50},
+        })],
+    )
     def get(self, request):
         start, end = stats_period(request.query_params)
         return Response(selectors.tenant_usage_stats(tenant=self.tenant, start=start, end=end))

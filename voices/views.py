@@ -1,15 +1,24 @@
 from django.conf import settings
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from callwaiting.errors import ApiError
+from callwaiting.openapi import error_responses
 from callwaiting.parsers import JSONParser
 from synthesis.heartbeats import engine_availability
 from tenants.api import TenantApiView
 from voices import services
 from voices.selectors import voice_get_for_tenant, voices_visible_to
-from voices.serializers import VoiceSerializer, VoiceUpdateSerializer, VoiceUploadSerializer
+from voices.serializers import VoiceListSerializer, VoiceSerializer, VoiceUpdateSerializer, VoiceUploadSerializer
+
+_VOICE_EXAMPLE = {
+    "voice_id": "front-desk", "name": "Front desk", "description": "Our receptionist", "language": "en",
+    "languages": ["en"], "gender": "", "accent": "", "engine": "xtts", "is_preloaded": False, "status": "ready",
+    "status_reason": "", "available": True, "unavailable_reason": None,
+    "created_at": "2026-11-20T09:30:00Z", "updated_at": "2026-11-20T09:30:41Z",
+}
 
 
 def _present(voice) -> dict:
@@ -21,6 +30,12 @@ class VoiceListView(TenantApiView):
 
     required_scope = "voices"
 
+    @extend_schema(
+        operation_id="voices_list", summary="List voices", tags=["voices"],
+        responses={200: VoiceListSerializer, **error_responses()},
+        examples=[OpenApiExample("voices", response_only=True, value={
+            "tenant_id": "acme", "voices": [_VOICE_EXAMPLE], "total_count": 1})],
+    )
     def get(self, request):
         voices = voices_visible_to(tenant=self.tenant)
         data = VoiceSerializer(voices, many=True, context={"engines": engine_availability()}).data
@@ -33,6 +48,22 @@ class VoiceUploadView(TenantApiView):
     required_scope = "upload"
     parser_classes = [MultiPartParser, FormParser]
 
+    @extend_schema(
+        operation_id="voices_upload", summary="Clone a voice from reference audio", tags=["voices"],
+        description="Multipart upload of 3-60 s of one speaker (WAV, MP3, FLAC, OGG, M4A). Answers 202 with the "
+                    "voice `processing`; poll GET /v1/voices/{voice_id} until it is `ready` (or `failed`, with "
+                    "`status_reason`). A failed voice's id may be uploaded again.",
+        request={"multipart/form-data": VoiceUploadSerializer},  # a file: the form parser is for the other fields
+        responses={
+            202: OpenApiResponse(VoiceSerializer, description="Accepted: the voice is processing.", examples=[
+                OpenApiExample("processing", response_only=True, status_codes=["202"], value={
+                    **_VOICE_EXAMPLE, "status": "processing", "available": False,
+                    "unavailable_reason": "voice is processing"})]),
+            **error_responses("invalid_request", "bad_request", "voice_exists", "upload_too_large",
+                              "unsupported_media_type", "engine_cannot_clone", "unsupported_language",
+                              "engine_unavailable", "engine_loading"),
+        },
+    )
     def post(self, request):
         serializer = VoiceUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -59,15 +90,28 @@ class VoiceDetailView(TenantApiView):
             raise ApiError("voice_preloaded", "Preloaded voices cannot be changed or deleted.", status.HTTP_403_FORBIDDEN)
         return voice
 
+    @extend_schema(operation_id="voice_get", summary="A voice", tags=["voices"],
+                   responses={200: VoiceSerializer, **error_responses("voice_not_found")},
+                   examples=[OpenApiExample("voice", response_only=True, value=_VOICE_EXAMPLE)])
     def get(self, request, voice_id):
         return Response(_present(self._voice(voice_id)))
 
+    @extend_schema(
+        operation_id="voice_update", summary="Rename or describe a voice", tags=["voices"], request=VoiceUpdateSerializer,
+        responses={200: VoiceSerializer, **error_responses(
+            "invalid_request", "malformed_request", "unsupported_media_type", "voice_not_found", "voice_preloaded")},
+        examples=[OpenApiExample("rename", request_only=True, value={"name": "Front desk (evening)"}),
+                  OpenApiExample("voice", response_only=True, value={**_VOICE_EXAMPLE, "name": "Front desk (evening)"})],
+    )
     def patch(self, request, voice_id):
         voice = self._voice(voice_id, owned=True)
         serializer = VoiceUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return Response(_present(services.voice_update(voice=voice, **serializer.validated_data)))
 
+    @extend_schema(operation_id="voice_delete", summary="Delete a voice", tags=["voices"],
+                   responses={204: OpenApiResponse(description="Deleted, with its stored audio."),
+                              **error_responses("voice_not_found", "voice_preloaded")})
     def delete(self, request, voice_id):
         services.voice_delete(voice=self._voice(voice_id, owned=True))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -256,3 +256,11 @@ def test_concurrent_streams_beyond_the_tenant_limit_get_429(live_voices, engine_
     assert second.status == 429 and _error_code(second) == "too_many_streams" and second.headers["retry-after"]
     after = asyncio.run(client.post("/v1/synthesize", json={"text": "my turn"}))
     assert after.status == 200  # the slot was given back
+
+
+def test_another_method_is_a_405_whose_allow_header_names_post(asgi):
+    """The 405 came from SynthesizeView, which had no `post` handler (the async `synthesize` serves POST), so its
+    Allow header named OPTIONS alone; the view now declares POST (for the API schema too)."""
+    response = asgi.run(asgi.get, "/v1/synthesize")
+    assert response.status == 405 and _error_code(response) == "method_not_allowed"
+    assert "POST" in [method.strip() for method in response.headers["allow"].split(",")]

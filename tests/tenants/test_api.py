@@ -6,6 +6,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, path
 from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
+from callwaiting.openapi import SchemaView
 from synthesis.views import HealthView, MetricsView
 from tenants.api import ANY_SCOPE, TenantApiView
 from tests.factories import TenantFactory, bearer, issue_key
@@ -14,6 +15,7 @@ from tests.factories import TenantFactory, bearer, issue_key
 NOT_TENANT_SCOPED = {
     HealthView: "public: load balancers and probes call it without a key",
     MetricsView: "operators only (IsOperator: METRICS_TOKEN or a staff session), never a tenant",
+    SchemaView: "public: the OpenAPI schema describes the API, no tenant's data",
 }
 
 
