@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from synthesis.admin import workers_admin_view
 from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
@@ -15,6 +16,8 @@ urlpatterns = [
     path("v1/health", HealthView.as_view(), name="health"),
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),
+    # Before admin.site.urls: an operators' page of the admin that is not a model (staff login required).
+    path("admin/workers/", workers_admin_view, name="admin-workers"),
     path("admin/", admin.site.urls),
 ]
 

@@ -46,21 +46,27 @@ def test_add_forms_render(admin_client, model):
     assert admin_client.get(reverse(f"admin:{model}_add")).status_code == 200
 
 
-def add_key(admin_client, tenant, **overrides):
+def add_key(admin_client, tenant, follow=True, **overrides):
     data = {"tenant": tenant.pk, "name": "ci", "kind": "prod", "scopes": ["synthesize", "voices"], "expires_at_0": "",
             "expires_at_1": "", **overrides}
-    return admin_client.post(reverse("admin:tenants_apikey_add"), data, follow=True)
+    return admin_client.post(reverse("admin:tenants_apikey_add"), data, follow=follow)
 
 
 def test_adding_a_key_shows_plaintext_once_and_stores_only_its_hash(admin_client, tenant):
-    response = add_key(admin_client, tenant)
+    response = add_key(admin_client, tenant, follow=False)
 
+    # The answer to the form is the one page that shows the key, with a copy button; it is never cached.
     assert response.status_code == 200
-    shown = [KEY_RE.search(str(message)) for message in response.context["messages"]]
-    plaintexts = [match.group(0) for match in shown if match]
+    page = response.content.decode()
+    plaintexts = set(KEY_RE.findall(page))
     assert len(plaintexts) == 1
-    plaintext = plaintexts[0]
+    plaintext = plaintexts.pop()
     assert plaintext.startswith("sk_prod_")
+    assert 'id="copy-api-key"' in page and "will not be shown again" in page
+    assert "no-store" in response["Cache-Control"]
+    # Nor does it travel anywhere else: no message cookie, nothing in the session.
+    assert all(plaintext not in morsel.value for morsel in response.cookies.values())
+    assert plaintext not in str(dict(admin_client.session))
 
     # Only the hash is stored: neither the key nor its secret is in any column of the row.
     api_key = ApiKey.objects.get()
@@ -72,7 +78,9 @@ def test_adding_a_key_shows_plaintext_once_and_stores_only_its_hash(admin_client
 
     # The key works, and it is never shown again nor written to the admin history.
     assert api_key_authenticate(plaintext=plaintext) == api_key
-    assert plaintext not in admin_client.get(reverse("admin:tenants_apikey_changelist")).content.decode()
+    for url in (reverse("admin:tenants_apikey_changelist"), reverse("admin:tenants_apikey_change", args=[api_key.pk])):
+        again = admin_client.get(url).content.decode()
+        assert plaintext not in again and secret not in again
     for entry in LogEntry.objects.all():
         assert secret not in entry.object_repr and secret not in entry.change_message
 
