@@ -1,6 +1,5 @@
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework import exceptions
 from rest_framework.negotiation import DefaultContentNegotiation

@@ -39,7 +39,8 @@ class VoiceAdmin(admin.ModelAdmin):
     search_fields = ["voice_id", "name", "tenant__slug"]
     list_select_related = ["tenant"]
     autocomplete_fields = ["tenant"]
-    readonly_fields = ["audio_preview", "created_at", "updated_at"]
+    # The stored files' names are the processing pipeline's to write (a hand-typed one would point at nothing).
+    readonly_fields = ["audio_preview", "source_audio", "reference_audio", "created_at", "updated_at"]
     actions = ["reprocess"]
 
     @admin.display(description="Tenant", ordering="tenant__slug")

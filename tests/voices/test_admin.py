@@ -1,12 +1,10 @@
 """What an operator sees and does with voices in Django admin: status, reprocessing, the reference clip."""
-from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
-from django.utils import timezone
 
 from tests.factories import TenantFactory, VoiceFactory, voice_like
 from voices.audio import encode_wav
