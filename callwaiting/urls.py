@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from callwaiting.openapi import SchemaView
 
+from synthesis.admin import workers_admin_view
 from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
@@ -22,6 +23,8 @@ urlpatterns = [
     path("v1/schema", SchemaView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("docs/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # Before admin.site.urls: an operators' page of the admin that is not a model (staff login required).
+    path("admin/workers/", workers_admin_view, name="admin-workers"),
     path("admin/", admin.site.urls),
 ]
 

@@ -1,8 +1,6 @@
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
@@ -14,14 +12,14 @@ from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
 from callwaiting.openapi import binary_response, error_responses
-from synthesis import heartbeats, metrics
+from synthesis import metrics
 from synthesis.encoders import FORMATS
 from synthesis.openai_speech import OPENAI_FORMATS, OPENAI_SPEECH_DESCRIPTION, OpenAISpeechSerializer
+from synthesis.selectors import service_health
 from synthesis.serializers import AUDIO_CONTENT_TYPES, HealthSerializer, StreamTokenSerializer, SynthesizeSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
-from tenants.models import UsageRecord
 from tenants.permissions import IsOperator
 from tenants.services import stream_token_issue
 
@@ -256,13 +254,6 @@ synthesize.cls, synthesize.initkwargs = SynthesizeView, {}
 openai_speech.cls, openai_speech.initkwargs = OpenAISpeechView, {}
 
 
-# What /v1/health shows of each live worker's heartbeat.
-_WORKER_FIELDS = (
-    "worker_id", "host", "pid", "loading", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",
-    "batches", "heartbeat_at",
-)
-
-
 class HealthView(APIView):
     """GET /v1/health: no key needed; 200 while something can be served (ok, loading or degraded), 503 when
     nothing can (unhealthy, or loading with no engine up yet), with Retry-After.
@@ -293,48 +284,8 @@ class HealthView(APIView):
             "embedded_worker": False})],
     )
     def get(self, request):
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            database = {"ok": True, "vendor": connection.vendor}
-        except Exception as exc:  # the health check must report, not crash
-            database = {"ok": False, "error": str(exc)}
-        redis = {"ok": True}
-        try:
-            engines = heartbeats.engine_availability()
-            live = heartbeats.live_workers()
-        except Exception as exc:  # the heartbeats live in Redis (production): say it is down
-            redis = {"ok": False, "error": f"Redis cannot be reached: {exc}"}
-            reason = "the model-worker registry (Redis) cannot be reached"
-            engines = {name: {"available": False, "state": "unavailable", "reason": reason, "workers": 0}
-                       for name in settings.TTS_ENGINES}
-            live = []
-        states = [state.get("state", "available" if state["available"] else "unavailable") for state in engines.values()]
-        if not database["ok"] or not redis["ok"] or not states:
-            overall = "unhealthy"
-        elif all(state == "available" for state in states):
-            overall = "ok"
-        elif all(state in ("available", "loading") for state in states):
-            overall = "loading"  # nothing is wrong: engines are still coming up
-        elif "available" in states:
-            overall = "degraded"
-        else:
-            overall = "unhealthy"
-        serving = database["ok"] and redis["ok"] and "available" in states
-        body = {
-            "status": overall,
-            "version": settings.VERSION,
-            "database": database,
-            "engines": engines,
-            "workers": [
-                {key: info.get(key) for key in _WORKER_FIELDS}
-                | {"engines": sorted(name for name, state in info["engines"].items() if state["available"])}
-                for info in live
-            ],
-            "embedded_worker": settings.TTS_EMBEDDED_WORKER,
-        }
-        if settings.REDIS_URL:
-            body["redis"] = redis
+        body = service_health()
+        serving = body.pop("serving")
         headers = None if serving else {"Retry-After": str(SERVICE_RETRY_AFTER)}
         return Response(body, status=200 if serving else 503, headers=headers)
 

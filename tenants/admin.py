@@ -1,9 +1,15 @@
 """Operator admin over tenants, keys and usage. Writes with rules go through tenants.services."""
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.db.models import OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 
 from tenants.models import ApiKey, Scope, Tenant, TenantMembership, UsageRecord
+from tenants.selectors import month_start, tenant_month_summary
 from tenants.services import api_key_issue, api_key_revoke, tenant_set_active, validate_scopes
 
 
@@ -11,6 +17,18 @@ class TenantMembershipInline(admin.TabularInline):
     model = TenantMembership
     extra = 0
     autocomplete_fields = ["user"]
+
+
+def _characters_this_month():
+    """Billed characters of the tenant this month, as a subquery so the changelist needs no query per row."""
+    billed = (
+        UsageRecord.objects.filter(tenant=OuterRef("pk"), created_at__gte=month_start())
+        .exclude(status=UsageRecord.Status.ERROR)
+        .values("tenant")
+        .annotate(total=Sum("characters"))
+        .values("total")
+    )
+    return Coalesce(Subquery(billed), 0)
 
 
 @admin.register(Tenant)
@@ -23,12 +41,44 @@ class TenantAdmin(admin.ModelAdmin):
         "requests_per_hour",
         "max_concurrent_streams",
         "monthly_character_quota",
+        "quota_used",
         "created_at",
     ]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
+    readonly_fields = ["usage_this_month"]
     inlines = [TenantMembershipInline]
     actions = ["suspend", "reactivate"]
+    limit_fields = ["requests_per_minute", "requests_per_hour", "max_concurrent_streams", "monthly_character_quota"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(characters_this_month=_characters_this_month())
+
+    def get_fieldsets(self, request, obj=None):
+        # Fields not named here (added to Tenant later) stay in the first section rather than vanish.
+        fields = self.get_fields(request, obj)
+        general = [name for name in fields if name not in self.limit_fields and name != "usage_this_month"]
+        fieldsets = [
+            (None, {"fields": general}),
+            ("Limits and quota", {"fields": [name for name in self.limit_fields if name in fields]}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Usage this month (UTC)", {"fields": ["usage_this_month"]}))
+        return fieldsets
+
+    @admin.display(description="Quota used this month", ordering="characters_this_month")
+    def quota_used(self, obj):
+        used = getattr(obj, "characters_this_month", 0)
+        quota = obj.monthly_character_quota
+        if not quota:
+            return f"{used:,} chars (no quota)"
+        return f"{used:,} of {quota:,} ({100 * used / quota:.0f}%)"
+
+    @admin.display(description="Usage")
+    def usage_this_month(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        return render_to_string("admin/tenants/tenant/usage_summary.html", {"usage": tenant_month_summary(tenant=obj)})
 
     @admin.action(description="Suspend selected tenants")
     def suspend(self, request, queryset):
@@ -150,15 +200,30 @@ class ApiKeyAdmin(admin.ModelAdmin):
             name=data["name"],
             expires_at=data["expires_at"],
         )
-        # The admin goes on with `obj` (history entry, redirect): make it the issued row.
+        # The admin goes on with `obj` (history entry, then response_add): make it the issued row.
         obj.pk = issued.api_key.pk
         obj.refresh_from_db()
         obj._state.adding = False
-        # Shown this once and never stored or logged: the admin history entry only records "added".
-        messages.success(
-            request,
-            f"New API key for {obj.tenant.slug}: {issued.plaintext} — copy it now, it will not be shown again.",
-        )
+        # Held in memory for this one response; the admin history entry only records "added".
+        obj._issued_plaintext = issued.plaintext
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The new key's plaintext, shown on this one page and never again. It is rendered into this response
+        only: not flashed through a message (which travels in a cookie or the session table), not stored,
+        and the page is not cached, so neither a reload nor Back brings it back."""
+        plaintext = getattr(obj, "_issued_plaintext", None)
+        if plaintext is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Copy the new API key",
+            "opts": self.opts,
+            "api_key": obj,
+            "plaintext": plaintext,
+        }
+        response = TemplateResponse(request, "admin/tenants/apikey/issued.html", context)
+        add_never_cache_headers(response)  # Cache-Control: no-store
+        return response
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
@@ -184,7 +249,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "error_code",
         "created_at",
     ]
-    list_filter = ["status", "engine", "tenant"]
+    list_filter = ["status", "tenant", "voice_id", "engine"]
     search_fields = ["request_id", "voice_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]

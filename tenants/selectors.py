@@ -133,3 +133,23 @@ def tenant_usage_stats(*, tenant: Tenant, start: datetime, end: datetime) -> dic
             "max_concurrent_streams": tenant.max_concurrent_streams,
         },
     }
+
+
+def tenant_month_summary(*, tenant: Tenant) -> dict:
+    """This calendar month's (UTC) usage of a tenant as an operator reads it: all requests, billed characters,
+    audio minutes, errors, and the quota used and left (None left when the tenant has no quota)."""
+    start = month_start()
+    totals = _clean(UsageRecord.objects.filter(tenant=tenant, created_at__gte=start).aggregate(**_usage_aggregates()))
+    used = tenant_characters_this_month(tenant=tenant)
+    quota = tenant.monthly_character_quota
+    return {
+        "month": start.strftime("%B %Y"),
+        "requests": totals["requests"],
+        "characters": used,
+        "audio_minutes": round(totals["audio_seconds"] / 60, 1),
+        "errors": totals["errors"],
+        "quota": quota,
+        "quota_used": used,
+        "quota_left": None if quota is None else max(quota - used, 0),
+        "quota_used_percent": None if not quota else round(100 * used / quota, 1),
+    }

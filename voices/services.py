@@ -118,11 +118,15 @@ def voice_clone_start(*, tenant, voice_id: str, name: str, description: str, lan
     return voice
 
 
-def _fail(voice: Voice, reason: str) -> Voice:
+def _fail(voice: Voice, reason: str, *, keep_reference: bool = False) -> Voice:
+    """Mark the voice failed and remove its files; `keep_reference` keeps the checked reference clip when the
+    failure was not the clip's fault (no worker, worker error), so an operator can reprocess it."""
+    kept = voice.reference_audio if keep_reference else ""
     for name in voice.stored_files:
-        default_storage.delete(name)
+        if name != kept:
+            default_storage.delete(name)
     voice.status, voice.status_reason = Voice.Status.FAILED, reason
-    voice.source_audio = voice.reference_audio = ""
+    voice.source_audio, voice.reference_audio = "", kept
     voice.engine_settings = {}
     voice.save()
     return voice
@@ -139,7 +143,8 @@ def voice_process(*, voice_id: int) -> Voice | None:
     if voice is None:
         return None
     try:
-        with default_storage.open(voice.source_audio, "rb") as handle:
+        # A new upload is processed from the upload; a reprocessed voice (voice_reprocess) from its kept clip.
+        with default_storage.open(voice.source_audio or voice.reference_audio, "rb") as handle:
             samples, rate = decode_reference(handle.read())
         limits = ReferenceLimits(settings.TTS_REFERENCE_MIN_SECONDS, settings.TTS_REFERENCE_MAX_SECONDS)
         check_reference(samples, rate, limits)
@@ -156,9 +161,10 @@ def voice_process(*, voice_id: int) -> Voice | None:
             engine=voice.engine, reference=voice.reference_audio, latents=f"{prefix}/latents.pt"
         )
     except DispatchError as exc:
-        return _fail(voice, f"computing the voice failed: {exc.message}")
-    default_storage.delete(voice.source_audio)
-    voice.source_audio = ""
+        return _fail(voice, f"computing the voice failed: {exc.message}", keep_reference=True)
+    if voice.source_audio:
+        default_storage.delete(voice.source_audio)
+        voice.source_audio = ""
     # XTTS speaks every language it knows in a cloned voice, not only the one of the reference clip.
     languages = engine_availability().get(voice.engine, {}).get("languages") or [voice.language]
     voice.engine_settings = {"latents": latents, "languages": languages}
@@ -185,6 +191,32 @@ def voices_requeue_stale(*, now: datetime | None = None) -> dict[str, int]:
         voice_process_task.delay(voice.pk)
         requeued += 1
     return {"requeued": requeued, "failed": given_up}
+
+
+class VoiceNotReprocessable(Exception):
+    """Why a voice cannot be reprocessed; the message is meant for an operator."""
+
+
+def voice_reprocess(*, voice: Voice) -> Voice:
+    """An operator's retry of a tenant voice that failed or is stuck in processing: mark it processing and queue
+    its processing task again (after commit), from the upload or the reference clip it still has. A voice whose
+    clip was removed (it was bad audio) cannot be: its tenant must upload one again."""
+    from voices.tasks import voice_process_task
+
+    if voice.tenant_id is None:
+        raise VoiceNotReprocessable(f"{voice.voice_id} is preloaded: `manage.py sync_voices` manages it.")
+    if voice.status not in (Voice.Status.FAILED, Voice.Status.PROCESSING):
+        raise VoiceNotReprocessable(f"{voice.voice_id} ({voice.tenant.slug}) is {voice.status}, not failed or processing.")
+    if not (voice.source_audio or voice.reference_audio):
+        raise VoiceNotReprocessable(
+            f"{voice.voice_id} ({voice.tenant.slug}) has no clip left (it failed its checks); the tenant must upload it again."
+        )
+    voice.status, voice.status_reason = Voice.Status.PROCESSING, ""
+    voice.save(update_fields=["status", "status_reason", "updated_at"])
+    # voice_process leaves a voice that is no longer processing alone: a task that comes after the work is done
+    # does nothing.
+    transaction.on_commit(lambda: voice_process_task.delay(voice.pk), robust=True)
+    return voice
 
 
 def voice_update(*, voice: Voice, **fields) -> Voice:
