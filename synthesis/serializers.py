@@ -11,6 +11,9 @@ class SynthesizeSerializer(serializers.Serializer):
     streaming = serializers.BooleanField(required=False, default=True)
     speed = serializers.FloatField(required=False, default=1.0, min_value=0.5, max_value=2.0)
     format = serializers.ChoiceField(choices=AUDIO_FORMATS, required=False, default="wav")
+    # The phrase cache (synthesis/phrase_cache.py): true or false decides for this request; absent (null), the
+    # tenant's setting does.
+    cache = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     def validate(self, attrs):
         if attrs["text"].strip() and attrs["ssml"].strip():

@@ -23,9 +23,10 @@ class TenantAdmin(admin.ModelAdmin):
         "requests_per_hour",
         "max_concurrent_streams",
         "monthly_character_quota",
+        "phrase_cache",
         "created_at",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "phrase_cache"]
     search_fields = ["slug", "name"]
     inlines = [TenantMembershipInline]
     actions = ["suspend", "reactivate"]

@@ -10,10 +10,14 @@ from tests.factories import TenantFactory, issue_key
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    """Rate-limit counters, stream slots and worker heartbeats never leak between tests."""
+    """Rate-limit counters, stream slots, worker heartbeats and cached phrases never leak between tests."""
+    from synthesis import phrase_cache
+
     cache.clear()
+    phrase_cache.store().clear()
     yield
     cache.clear()
+    phrase_cache.store().clear()
 
 
 @pytest.fixture

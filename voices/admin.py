@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from voices import services
 from voices.models import Voice
 
 
@@ -16,3 +17,11 @@ class VoiceAdmin(admin.ModelAdmin):
     @admin.display(description="Tenant", ordering="tenant__slug")
     def owner(self, obj):
         return obj.tenant.slug if obj.tenant_id else "preloaded"
+
+    # Through the service, as the API deletes: a voice's files and its phrase-cache audio go with it.
+    def delete_model(self, request, obj):
+        services.voice_delete(voice=obj)
+
+    def delete_queryset(self, request, queryset):
+        for voice in queryset:
+            services.voice_delete(voice=voice)
