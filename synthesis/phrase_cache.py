@@ -146,10 +146,11 @@ drop(ARGV[2])
 return false
 """
 # ARGV: prefix, digest, now (ms), blob, ttl (ms), bound (bytes), voice. The whole clip in one SET; then the least
-# recently used entries go until the total is within the bound. Entries not used for a TTL have expired (their
+# recently used entries go until the total is within the bound (a clip over the bound is not stored). Entries not used for a TTL have expired (their
 # last use is after their store): their bookkeeping goes first. Returns the number evicted, -1 if present.
 _PUT = _DROP + """
 local digest, now, blob, ttl, bound = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+if string.len(blob) > bound then return 0 end
 for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - ttl, 'LIMIT', 0, 100)) do
   drop(stale)
 end
