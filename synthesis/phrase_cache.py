@@ -318,6 +318,25 @@ def forget_voice(*, voice) -> None:
 
 
 # --- the streams ---------------------------------------------------------------------------------------------------
+# A hit has all its audio at hand: after the first chunk as the engine made it (the client starts playing at
+# once), the rest goes in pieces of up to this size. Each piece is one write through the server (~0.5 ms each
+# under daphne), so the engine's 100 ms chunks would make a 5 s clip take ~25 ms instead of ~3.
+REPLAY_PIECE_BYTES = 64 * 1024
+
+
+def _replay_pieces(chunks: tuple[bytes, ...]) -> list[bytes]:
+    pieces, pending, size = list(chunks[:1]), [], 0
+    for chunk in chunks[1:]:
+        if pending and size + len(chunk) > REPLAY_PIECE_BYTES:
+            pieces.append(b"".join(pending))
+            pending, size = [], 0
+        pending.append(chunk)
+        size += len(chunk)
+    if pending:
+        pieces.append(b"".join(pending))
+    return pieces
+
+
 class CachedStream:
     """A cache hit with the interface of synthesis.dispatch.WorkerStream: replays the clip's chunks."""
 
@@ -325,7 +344,7 @@ class CachedStream:
     job_id = ""
 
     def __init__(self, clip: Clip):
-        self.clip = clip
+        self.pieces = _replay_pieces(clip.chunks)
         self.sample_rate = clip.sample_rate
         self.received = 0
         self.complete = False
@@ -341,11 +360,11 @@ class CachedStream:
     async def next_chunk(self) -> bytes | None:
         if self.finished:
             return None
-        if self.received == len(self.clip.chunks):
+        if self.received == len(self.pieces):
             self.complete = self.finished = True
             return None
         self.received += 1
-        return self.clip.chunks[self.received - 1]
+        return self.pieces[self.received - 1]
 
     async def cancel(self) -> None:
         self.finished = True

@@ -291,7 +291,8 @@ class SynthesisSession:
                 headers={"Retry-After": "1"},
             )
         self._share = _EngineShare(self.tenant.pk, self.engine)
-        over_share = self._share.take(capacity)
+        # A phrase-cache hit takes no worker capacity: it is never refused as the engine's being busy.
+        over_share = None if self.cached else self._share.take(capacity)
         if over_share is not None:
             _counter_decr(_stream_slot_key(self.tenant.pk))
             streams, share = over_share

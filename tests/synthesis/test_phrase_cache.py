@@ -276,3 +276,13 @@ def test_racing_writers_leave_whole_entries_and_an_exact_byte_count(store):
     assert not torn
     present = [key for key in (f"k{index}" for index in range(25)) if store.get(key) is not None]
     assert store.stored_bytes == len(present) * len(clip.encode()) <= 10 * len(clip.encode())
+
+
+def test_a_hit_is_served_while_the_engine_is_too_busy_for_a_new_job(asgi, engine_tap, monkeypatch):
+    from synthesis import services
+
+    _say(asgi)
+    monkeypatch.setattr(services._EngineShare, "take", lambda self, capacity: (8, 2))  # over its fair share
+    assert _say(asgi).headers["x-worker-id"] == phrase_cache.CACHE_WORKER_ID
+    refused = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Something new.", "cache": True})
+    assert refused.status == 429 and refused.json()["error"]["code"] == "too_many_streams"
