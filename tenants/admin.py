@@ -183,9 +183,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "total_ms",
         "status",
         "error_code",
+        "cached",
         "created_at",
     ]
-    list_filter = ["status", "engine", "tenant"]
+    list_filter = ["status", "engine", "cached", "tenant"]
     search_fields = ["request_id", "voice_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]

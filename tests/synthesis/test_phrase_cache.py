@@ -286,3 +286,19 @@ def test_a_hit_is_served_while_the_engine_is_too_busy_for_a_new_job(asgi, engine
     assert _say(asgi).headers["x-worker-id"] == phrase_cache.CACHE_WORKER_ID
     refused = asgi.run(asgi.post, "/v1/synthesize", json={"text": "Something new.", "cache": True})
     assert refused.status == 429 and refused.json()["error"]["code"] == "too_many_streams"
+
+
+def test_a_new_engine_version_is_a_miss_and_an_old_worker_stores_nothing_under_it(asgi, engine_tap, monkeypatch):
+    from synthesis import heartbeats, services
+
+    _say(asgi)
+    serving = heartbeats.engine_availability
+
+    def upgraded():  # the workers announce a new eSpeak NG; this process's embedded worker still runs the old one
+        return {name: {**state, "version": "espeak-ng 9.9"} for name, state in serving().items()}
+
+    monkeypatch.setattr(services.heartbeats, "engine_availability", upgraded)
+    stored = phrase_cache.store().stored_bytes
+    for _ in range(2):
+        assert _say(asgi).headers["x-worker-id"] != phrase_cache.CACHE_WORKER_ID
+    assert phrase_cache.store().stored_bytes == stored  # made by the old version: not kept as the new one's
