@@ -145,24 +145,29 @@ def test_a_clip_over_the_bound_or_a_long_text_is_not_cached(asgi, engine_tap, se
     assert _say(asgi).headers["x-worker-id"] != phrase_cache.CACHE_WORKER_ID
 
 
-def test_a_cancelled_stream_stores_nothing(asgi, engine_tap, settings):
-    settings.TTS_PHRASE_CACHE_MAX_CHARS = 5000
-    long_text = SENTENCES * 20  # minutes of speech: the client is gone long before it is all made
-    engine_tap.hold_after_first_chunk()
+def test_a_cancelled_stream_stores_nothing(asgi, engine_tap):
+    from tests.synthesis.test_websocket import TIMEOUT, _open, _synthesize
 
-    async def on_chunk(response):
-        engine_tap.release()
-
+    engine_tap.hold_after_first_chunk()  # until the barge-in: the clip cannot be finished before it
     request_id = str(uuid.uuid4())
-    response = asgi.run(asgi.post, "/v1/synthesize", json={"text": long_text, "cache": True},
-                        headers={"X-Request-ID": request_id}, disconnect_after_chunks=1, on_chunk=on_chunk)
-    assert not response.complete
-    deadline = time.monotonic() + 10
-    while engine_tap.in_call:  # the engine stops with the cancelled job
-        assert time.monotonic() < deadline, "the engine never stopped"
-        time.sleep(0.01)
+
+    async def barge_in():
+        ws = await _open(asgi.key)
+        try:
+            await _synthesize(ws, text=SENTENCES, cache=True, request_id=request_id)
+            assert (await ws.receive_json_from(TIMEOUT))["type"] == "start"
+            assert isinstance(await ws.receive_from(TIMEOUT), bytes)
+            await ws.send_json_to({"type": "cancel"})
+            assert (await ws.receive_json_from(TIMEOUT))["type"] == "cancelled"
+        finally:
+            engine_tap.release()
+        await ws.disconnect(timeout=TIMEOUT)
+
+    asgi.run(barge_in)
+    assert engine_tap.finished.wait(10)
     assert UsageRecord.objects.get(request_id=request_id).status == "client_disconnected"
     assert phrase_cache.store().stored_bytes == 0
+    assert _say(asgi, text=SENTENCES).headers["x-worker-id"] != phrase_cache.CACHE_WORKER_ID
 
 
 def test_a_failed_stream_stores_nothing(asgi, engine_tap, settings):
