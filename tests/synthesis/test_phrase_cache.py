@@ -307,3 +307,8 @@ def test_a_new_engine_version_is_a_miss_and_an_old_worker_stores_nothing_under_i
     for _ in range(2):
         assert _say(asgi).headers["x-worker-id"] != phrase_cache.CACHE_WORKER_ID
     assert phrase_cache.store().stored_bytes == stored  # made by the old version: not kept as the new one's
+
+
+def test_operators_turn_it_on_and_set_its_billing_per_tenant_in_admin(admin_client, tenant):
+    page = admin_client.get(f"/admin/tenants/tenant/{tenant.pk}/change/").content.decode()
+    assert 'name="phrase_cache"' in page and 'name="phrase_cache_billed"' in page
