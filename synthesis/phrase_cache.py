@@ -84,12 +84,12 @@ class LocalStore:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: str, blob: bytes, *, voice: str, bound: int, ttl: float) -> int:
-        """Store the clip unless it is there already; returns how many entries were evicted for it."""
+    def put(self, key: str, blob: bytes, *, voice: str, bound: int, ttl: float) -> int | None:
+        """Store the clip unless it is there already (or over the bound: None); how many entries it evicted."""
         evicted = 0
         with self._lock:
             if key in self._entries or len(blob) > bound:
-                return 0
+                return None
             self._entries[key] = (blob, voice, time.monotonic() + ttl)
             self._bytes += len(blob)
             while self._bytes > bound:
@@ -147,10 +147,11 @@ return false
 """
 # ARGV: prefix, digest, now (ms), blob, ttl (ms), bound (bytes), voice. The whole clip in one SET; then the least
 # recently used entries go until the total is within the bound (a clip over the bound is not stored). Entries not used for a TTL have expired (their
-# last use is after their store): their bookkeeping goes first. Returns the number evicted, -1 if present.
+# last use is after their store): their bookkeeping goes first. Returns the number evicted, -1 if not stored
+# (present already, or over the bound).
 _PUT = _DROP + """
 local digest, now, blob, ttl, bound = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-if string.len(blob) > bound then return 0 end
+if string.len(blob) > bound then return -1 end
 for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - ttl, 'LIMIT', 0, 100)) do
   drop(stale)
 end
@@ -197,8 +198,9 @@ class RedisStore:
     def get(self, key: str) -> bytes | None:
         return self._get(keys=self._keys, args=[self.prefix, key, _now_ms()])
 
-    def put(self, key: str, blob: bytes, *, voice: str, bound: int, ttl: float) -> int:
-        return max(0, self._put(keys=self._keys, args=[self.prefix, key, _now_ms(), blob, int(ttl * 1000), bound, voice]))
+    def put(self, key: str, blob: bytes, *, voice: str, bound: int, ttl: float) -> int | None:
+        evicted = self._put(keys=self._keys, args=[self.prefix, key, _now_ms(), blob, int(ttl * 1000), bound, voice])
+        return None if evicted < 0 else evicted
 
     def forget_voice(self, voice: str) -> int:
         return self._forget(keys=self._keys, args=[self.prefix, voice])
@@ -302,6 +304,8 @@ class Phrase:
         except Exception as exc:
             logger.warning("phrase cache store failed (%s)", exc)
             return False
+        if evicted is None:
+            return False  # another request stored it first, or it is bigger than the whole cache
         metrics.PHRASE_CACHE_STORES.labels(self.engine).inc()
         if evicted:
             metrics.PHRASE_CACHE_EVICTIONS.labels(self.engine).inc(evicted)

@@ -243,7 +243,7 @@ def test_a_store_keeps_whole_clips_within_its_bound(store):
     assert store.stored_bytes == 3000
     assert [store.get(f"k{index}") is not None for index in range(10)] == [False] * 7 + [True] * 3
     assert store.get("k9") == bytes([9]) * 1000
-    assert store.put("huge", b"x" * 4000, voice="1", bound=3500, ttl=60) == 0 and store.get("huge") is None
+    assert store.put("huge", b"x" * 4000, voice="1", bound=3500, ttl=60) is None and store.get("huge") is None
 
 
 def test_an_entry_expires_after_its_ttl(store):
