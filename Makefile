@@ -28,6 +28,7 @@ test: install
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/topology.py
+	$(PY) bench/phrase_cache.py
 	$(PY) bench/xtts_vocoder.py
 	$(PY) bench/xtts_batch.py
 

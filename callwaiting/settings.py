@@ -302,6 +302,13 @@ TTS_CLIENT_STALL_TIMEOUT = env_float("TTS_CLIENT_STALL_TIMEOUT", 30.0)
 # A usage row that cannot be written because the database is unreachable (restarting, failing over) is tried
 # again for this long before the request fails; meanwhile its client waits for the end of its answer.
 TTS_USAGE_WRITE_RETRY_SECONDS = env_float("TTS_USAGE_WRITE_RETRY_SECONDS", 30.0)
+# Phrase cache (synthesis/phrase_cache.py): synthesized audio kept per phrase for requests that ask for it (the
+# `cache` field, or the tenant's setting). Redis when REDIS_URL is set (shared by every web process), else this
+# process's memory. At most TTS_PHRASE_CACHE_BYTES of audio, least recently used out first; an entry lives at
+# most TTS_PHRASE_CACHE_TTL seconds; phrases longer than TTS_PHRASE_CACHE_MAX_CHARS are never cached.
+TTS_PHRASE_CACHE_BYTES = env_int("TTS_PHRASE_CACHE_BYTES", 256 * 1024 * 1024)
+TTS_PHRASE_CACHE_TTL = env_float("TTS_PHRASE_CACHE_TTL", 7 * 24 * 3600.0)
+TTS_PHRASE_CACHE_MAX_CHARS = env_int("TTS_PHRASE_CACHE_MAX_CHARS", 500)
 # Workers beat this often; the web side treats a worker silent for TTS_WORKER_DEAD_AFTER seconds as dead
 # (a stream it was serving fails then, instead of waiting for TTS_CHUNK_TIMEOUT).
 TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)

@@ -14,9 +14,11 @@ Handshake
 
 Client -> server: JSON text frames
     {"type": "synthesize", "text": "..." or "ssml": "<speak>...</speak>", "voice_id": "default",
-     "language": "", "speed": 1.0, "format": "pcm", "sample_rate": null, "request_id": "<uuid>"}
+     "language": "", "speed": 1.0, "format": "pcm", "sample_rate": null, "request_id": "<uuid>", "cache": true}
         The fields of POST /v1/synthesize, validated the same way; `streaming` means nothing here and is
-        ignored. `format` defaults to "pcm" (also wav, mulaw, alaw, mp3, opus, flac; `sample_rate` as in REST). `request_id` (optional) makes billing idempotent: an utterance
+        ignored. `format` defaults to "pcm" (also wav, mulaw, alaw, mp3, opus, flac; `sample_rate` as in REST).
+        `cache` (optional) serves a repeated phrase from the phrase cache (worker_id "phrase-cache" on its
+        "start"); absent, the tenant's setting decides. `request_id` (optional) makes billing idempotent: an utterance
         sent again with the same id is billed once. Utterances are served in order, one at a time; up to
         16 may wait behind the one in flight.
     {"type": "cancel"}

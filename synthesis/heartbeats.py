@@ -36,6 +36,12 @@ def worker_alive(worker_id: str) -> bool:
     return info is not None and time.time() - info["heartbeat_at"] <= _ttl()
 
 
+def worker_engine_version(worker_id: str, engine: str) -> str | None:
+    """The version of `engine` a worker runs (None when the worker is gone or lacks it)."""
+    info = cache.get(_worker_key(worker_id))
+    return ((info or {}).get("engines", {}).get(engine) or {}).get("version")
+
+
 def workers_alive(worker_ids: list[str]) -> dict[str, bool]:
     found = cache.get_many([_worker_key(worker_id) for worker_id in worker_ids])
     now = time.time()

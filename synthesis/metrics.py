@@ -19,6 +19,16 @@ TIME_TO_FIRST_AUDIO = Histogram(
 REQUEST_DURATION = Histogram(
     "tts_request_duration_seconds", "Request start to last byte.", ["engine"], buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )
+PHRASE_CACHE_HITS = Counter("tts_phrase_cache_hits", "Requests served from the phrase cache.", ["engine"], registry=REGISTRY)
+PHRASE_CACHE_MISSES = Counter(
+    "tts_phrase_cache_misses", "Requests that asked for the phrase cache and were synthesized.", ["engine"],
+    registry=REGISTRY,
+)
+PHRASE_CACHE_STORES = Counter("tts_phrase_cache_stores", "Clips stored in the phrase cache.", ["engine"], registry=REGISTRY)
+PHRASE_CACHE_EVICTIONS = Counter(
+    "tts_phrase_cache_evictions", "Clips evicted from the phrase cache to stay within its byte bound.", ["engine"],
+    registry=REGISTRY,
+)
 ACTIVE_STREAMS = Gauge("tts_active_streams", "Synthesis streams in flight in this process.", ["engine"], registry=REGISTRY)
 
 

@@ -41,6 +41,12 @@ class SynthesizeSerializer(serializers.Serializer):
         help_text="Output rate in Hz; default: the voice's own (24000 for XTTS, 22050 for eSpeak), 8000 for G.711, "
                   "48000 for Opus (which takes 8000, 16000, 24000 or 48000; its decoders play at 48000).",
     )
+    # The phrase cache (synthesis/phrase_cache.py): true or false decides for this request; absent (null), the
+    # tenant's setting does.
+    cache = serializers.BooleanField(
+        required=False, allow_null=True, default=None,
+        help_text="Serve a repeated phrase from the phrase cache (true), never (false); absent: the tenant's setting.",
+    )
 
     def validate(self, attrs):
         if attrs["text"].strip() and attrs["ssml"].strip():

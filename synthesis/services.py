@@ -21,7 +21,7 @@ from django.db import close_old_connections, connection
 from rest_framework import status
 
 from callwaiting.errors import ApiError, is_database_error
-from synthesis import audio, heartbeats, metrics
+from synthesis import audio, heartbeats, metrics, phrase_cache
 from synthesis.encoders import Encoder
 from synthesis.dispatch import DispatchError, JobSpec, WorkerStream
 from synthesis.engines.base import primary_language
@@ -148,8 +148,9 @@ def parse_request_id(raw, field: str) -> uuid.UUID | None:
 
 
 def request_fingerprint(data: dict) -> str:
-    """What a request asks for (all but how it is delivered): a reused request id must ask the same."""
-    asked = {name: value for name, value in data.items() if name != "streaming"}
+    """What a request asks for (all but how it is delivered, and whether from the phrase cache): a reused
+    request id must ask the same."""
+    asked = {name: value for name, value in data.items() if name not in ("streaming", "cache")}
     return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -173,6 +174,7 @@ class SynthesisSession:
         self.requested_sample_rate: int | None = None  # None: the format's default (see synthesis.encoders)
         self.stream: WorkerStream | None = None
         self.encoder: Encoder | None = None  # made once the engine's sample rate is known (start)
+        self.phrase: phrase_cache.Phrase | None = None  # the request asked for the phrase cache
         self.first_audio_at: float | None = None
         self.pcm_bytes = 0  # audio made for this request
         self.delivery = None  # callwaiting.middleware.Delivery under daphne: what reached the client
@@ -224,13 +226,26 @@ class SynthesisSession:
             raise heartbeats.engine_unavailable_error(
                 voice.engine, engine_state, f"Voice '{voice.voice_id}' cannot be served now"
             )
+        if phrase_cache.wanted(asked=data.get("cache"), tenant=self.tenant, characters=self.characters):
+            self.phrase = phrase_cache.Phrase.lookup(
+                tenant=self.tenant, voice=voice, engine_version=engine_state.get("version", ""),
+                language=self.language, segments=segments,
+            )
         already_billed = self._claim_request_id()
-        if not already_billed:
+        free_hit = self.cached and not self.tenant.phrase_cache_billed  # counts against no quota
+        if not already_billed and not free_hit:
             self._check_quota()
         self._take_stream_slot(capacity=engine_state.get("capacity", 0))
         self.stream = WorkerStream(
             JobSpec(engine=voice.engine, language=self.language, voice_settings=voice.engine_settings, segments=segments)
         )
+        if self.phrase is not None:
+            self.stream = self.phrase.stream(self.stream)  # the cached clip, or the job recorded for the cache
+
+    @property
+    def cached(self) -> bool:
+        """Served from the phrase cache: no model worker runs for this request."""
+        return self.phrase is not None and self.phrase.hit
 
     def _claim_request_id(self) -> bool:
         """For an id the client chose: refuse its reuse for another request, a duplicate in flight, and a retry
@@ -280,7 +295,8 @@ class SynthesisSession:
                 headers={"Retry-After": "1"},
             )
         self._share = _EngineShare(self.tenant.pk, self.engine)
-        over_share = self._share.take(capacity)
+        # A phrase-cache hit takes no worker capacity: it is never refused as the engine's being busy.
+        over_share = None if self.cached else self._share.take(capacity)
         if over_share is not None:
             _counter_decr(_stream_slot_key(self.tenant.pk))
             streams, share = over_share
@@ -470,6 +486,8 @@ class SynthesisSession:
             metrics.REQUEST_DURATION.labels(engine).observe(total)
             if ttfa is not None:
                 metrics.TIME_TO_FIRST_AUDIO.labels(engine).observe(ttfa)
+        if outcome == UsageRecord.Status.SUCCESS and self.phrase is not None and not self.phrase.hit:
+            self.phrase.remember(self.stream)
         if not self._record_usage:
             return
         self._write_usage(
@@ -487,6 +505,7 @@ class SynthesisSession:
             total_ms=round(total * 1000, 2),
             status=outcome,
             error_code=error_code,
+            cached=self.cached,
         )
 
     def _write_usage(self, retry_for: float, **row) -> None:

@@ -42,9 +42,10 @@ class TenantAdmin(admin.ModelAdmin):
         "max_concurrent_streams",
         "monthly_character_quota",
         "quota_used",
+        "phrase_cache",
         "created_at",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "phrase_cache"]
     search_fields = ["slug", "name"]
     readonly_fields = ["usage_this_month"]
     inlines = [TenantMembershipInline]
@@ -247,9 +248,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "total_ms",
         "status",
         "error_code",
+        "cached",
         "created_at",
     ]
-    list_filter = ["status", "tenant", "voice_id", "engine"]
+    list_filter = ["status", "tenant", "voice_id", "engine", "cached"]
     search_fields = ["request_id", "voice_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]

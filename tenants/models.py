@@ -15,6 +15,15 @@ class Tenant(models.Model):
         null=True, blank=True, help_text="Characters of synthesis per calendar month (UTC); empty means no quota."
     )
     max_concurrent_streams = models.PositiveIntegerField(default=50)
+    phrase_cache = models.BooleanField(
+        default=False,
+        help_text="Cache synthesized phrases for every request of this tenant (a request's own `cache` field "
+        "overrides it either way): a repeated phrase is served from the cache in about a millisecond.",
+    )
+    phrase_cache_billed = models.BooleanField(
+        default=True,
+        help_text="Whether characters served from the phrase cache count against the monthly character quota.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -115,6 +124,7 @@ class UsageRecord(models.Model):
     total_ms = models.FloatField(default=0.0)
     status = models.CharField(max_length=24, choices=Status.choices)
     error_code = models.CharField(max_length=64, blank=True)
+    cached = models.BooleanField(default=False, help_text="Served from the phrase cache: no model worker ran.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

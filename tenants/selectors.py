@@ -62,22 +62,24 @@ def next_month_start(now: datetime | None = None) -> datetime:
 
 
 def tenant_characters_this_month(*, tenant: Tenant) -> int:
-    """Characters billed this calendar month (UTC). Failed requests are not billed."""
-    total = (
-        UsageRecord.objects.filter(tenant=tenant, created_at__gte=month_start())
-        .exclude(status=UsageRecord.Status.ERROR)
-        .aggregate(total=Sum("characters"))["total"]
-    )
-    return total or 0
+    """Characters billed this calendar month (UTC). Failed requests are not billed, nor phrase-cache hits for a
+    tenant whose plan does not bill them (Tenant.phrase_cache_billed, as it is set when the month is counted)."""
+    rows = UsageRecord.objects.filter(tenant=tenant, created_at__gte=month_start()).exclude(status=UsageRecord.Status.ERROR)
+    if not tenant.phrase_cache_billed:
+        rows = rows.exclude(cached=True)
+    return rows.aggregate(total=Sum("characters"))["total"] or 0
 
 
 def _usage_aggregates() -> dict:
     return dict(
+        # First: once the `characters` aggregate below exists, "characters" names it, not the field.
+        cached_characters=Sum("characters", filter=Q(cached=True)),
         requests=Count("id"),
         characters=Sum("characters"),
         audio_seconds=Sum("audio_seconds"),
         errors=Count("id", filter=Q(status=UsageRecord.Status.ERROR)),
         disconnects=Count("id", filter=Q(status=UsageRecord.Status.CLIENT_DISCONNECTED)),
+        cached=Count("id", filter=Q(cached=True)),
         ttfa_avg=Avg("time_to_first_audio_ms"),
         ttfa_max=Max("time_to_first_audio_ms"),
     )
@@ -90,6 +92,9 @@ def _clean(row: dict) -> dict:
         "audio_seconds": round(row["audio_seconds"] or 0.0, 3),
         "errors": row["errors"] or 0,
         "client_disconnects": row["disconnects"] or 0,
+        # Served from the phrase cache (no model worker ran); included in the counts above.
+        "cached": row["cached"] or 0,
+        "cached_characters": row["cached_characters"] or 0,
         # The tenant's own latency (what /v1/metrics shows operators across all tenants).
         "time_to_first_audio_ms": {
             "avg": round(row["ttfa_avg"], 2) if row["ttfa_avg"] is not None else None,
@@ -126,6 +131,7 @@ def tenant_usage_stats(*, tenant: Tenant, start: datetime, end: datetime) -> dic
         "quota": {
             "monthly_characters": quota,
             "used_this_month": tenant_characters_this_month(tenant=tenant),
+            "cached_characters_billed": tenant.phrase_cache_billed,
         },
         "limits": {
             "requests_per_minute": tenant.requests_per_minute,

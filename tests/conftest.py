@@ -1,5 +1,6 @@
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.management import call_command
 from rest_framework.test import APIClient
@@ -10,10 +11,17 @@ from tests.factories import TenantFactory, issue_key
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    """Rate-limit counters, stream slots and worker heartbeats never leak between tests."""
-    cache.clear()
+    """Rate-limit counters, stream slots, worker heartbeats and cached phrases never leak between tests."""
+    from synthesis import phrase_cache
+
+    def clear():
+        cache.clear()  # on Redis, the phrase cache's keys too: they are in the same database
+        if not django_settings.REDIS_URL:
+            phrase_cache.store().clear()
+
+    clear()
     yield
-    cache.clear()
+    clear()
 
 
 @pytest.fixture

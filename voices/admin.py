@@ -10,6 +10,7 @@ from django.http import FileResponse, Http404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from voices import services
 from voices.models import Voice
 from voices.services import VoiceNotReprocessable, voice_reprocess
 
@@ -88,3 +89,11 @@ class VoiceAdmin(admin.ModelAdmin):
             self.message_user(request, f"Queued {queued} voice(s) for processing again.")
         for reason in refused:
             self.message_user(request, f"Not reprocessed: {reason}", level="warning")
+
+    # Through the service, as the API deletes: a voice's files and its phrase-cache audio go with it.
+    def delete_model(self, request, obj):
+        services.voice_delete(voice=obj)
+
+    def delete_queryset(self, request, queryset):
+        for voice in queryset:
+            services.voice_delete(voice=voice)

@@ -227,8 +227,11 @@ def voice_update(*, voice: Voice, **fields) -> Voice:
 
 
 def voice_delete(*, voice: Voice) -> None:
-    """Remove a tenant's voice and every file it stored."""
+    """Remove a tenant's voice, every file it stored and its audio in the phrase cache."""
+    from synthesis import phrase_cache
+
     files = voice.stored_files
+    phrase_cache.forget_voice(voice=voice)
     voice.delete()
     for name in files:
         default_storage.delete(name)

@@ -35,6 +35,9 @@ class EngineInfo:
     supports_cloning: bool
     supports_streaming: bool
     details: dict = field(default_factory=dict)
+    # What the audio depends on besides the request (library and model versions): the phrase cache keys on it,
+    # so a new model or library never serves audio made by the old one.
+    version: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -42,6 +45,7 @@ class EngineInfo:
             "languages": list(self.languages),
             "supports_cloning": self.supports_cloning,
             "supports_streaming": self.supports_streaming,
+            "version": self.version,
             **self.details,
         }
 

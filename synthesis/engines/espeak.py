@@ -80,6 +80,11 @@ class _Library:
         self.sample_rate, self.chunk_ms = sample_rate, chunk_ms
         self.lib.espeak_SetSynthCallback(self._callback)
 
+    def version(self) -> str:
+        self.lib.espeak_Info.restype = ctypes.c_char_p
+        self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        return (self.lib.espeak_Info(None) or b"").decode(errors="replace")
+
     def languages(self) -> list[str]:
         voices = self.lib.espeak_ListVoices(None)
         found, index = set(), 0
@@ -128,6 +133,7 @@ class EspeakEngine(Engine):
             supports_cloning=False,
             supports_streaming=True,
             details={"chunk_ms": self._library.chunk_ms},
+            version=f"espeak-ng {self._library.version()}",
         )
 
     def synthesize(self, *, text: str, language: str, voice_settings: dict, prosody: Prosody, emit: EmitPcm) -> None:

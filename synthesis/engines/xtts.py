@@ -207,6 +207,13 @@ class XttsEngine(Engine):
             first_chunk_tokens=self.first_chunk_tokens, chunk_tokens=self.chunk_tokens, cuda_graphs=self.cuda_graphs,
         )
         speakers = sorted(model.speaker_manager.speakers) if model.speaker_manager else []
+        checkpoint = (directory / "model.pth").stat()
+        from importlib.metadata import PackageNotFoundError, version as package_version
+
+        try:
+            coqui = package_version("coqui-tts")
+        except PackageNotFoundError:  # TTS importable without its metadata (a copied tree)
+            coqui = "unknown"
         return EngineInfo(
             name=self.name,
             sample_rate=model.args.output_sample_rate,
@@ -218,6 +225,9 @@ class XttsEngine(Engine):
                 "dtype": str(dtype).removeprefix("torch."), "slots": self.loop.slots,
                 "kv_cache_bytes_per_slot": BatchedGpt.bytes_per_slot(model.gpt, dtype),
             },
+            # The weights by size and time (hashing ~1.8 GB at every start would be slow), the package, the dtype.
+            version=f"coqui-tts {coqui}; model.pth {checkpoint.st_size}@"
+                    f"{int(checkpoint.st_mtime)}; {str(dtype).removeprefix('torch.')}",
         )
 
     def _dtype(self, torch):

@@ -21,7 +21,8 @@ def test_stats_aggregate_the_tenants_rows_by_day_and_by_voice(api_client):
     day1 = datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
     day2 = day1 + timedelta(days=1)
     _record(tenant, day1, time_to_first_audio_ms=10.0)
-    _record(tenant, day1, voice_id="fr_female", characters=4, audio_seconds=0.5, time_to_first_audio_ms=30.0)
+    _record(tenant, day1, voice_id="fr_female", characters=4, audio_seconds=0.5, time_to_first_audio_ms=30.0,
+            cached=True)  # a phrase-cache hit
     _record(tenant, day2, status="error", error_code="engine_unavailable", characters=7, audio_seconds=0)
     _record(tenant, day2, status="client_disconnected", characters=3, audio_seconds=0.25)
     _record(TenantFactory(), day1, characters=999)  # someone else's
@@ -32,7 +33,7 @@ def test_stats_aggregate_the_tenants_rows_by_day_and_by_voice(api_client):
     assert response.status_code == 200 and body["tenant_id"] == tenant.slug
     assert body["totals"] == {
         "requests": 4, "characters": 24, "audio_seconds": 2.25, "errors": 1, "client_disconnects": 1,
-        "time_to_first_audio_ms": {"avg": 20.0, "max": 30.0},
+        "cached": 1, "cached_characters": 4, "time_to_first_audio_ms": {"avg": 20.0, "max": 30.0},
     }
     assert body["errors_by_code"] == {"engine_unavailable": 1}
     assert [(d["date"], d["requests"], d["characters"]) for d in body["by_day"]] == [
