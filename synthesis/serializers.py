@@ -40,3 +40,16 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
 
     def validate(self, attrs):
         return {**super().validate(attrs), "streaming": True}
+
+
+class TwilioSpeakSerializer(SynthesizeSerializer):
+    """An utterance for a Twilio call (REST `POST /v1/twilio/calls/<streamSid>/speak`, or the `text` custom
+    parameter of the stream's `start`): what to say and how; the audio is always what the call carries, 8 kHz
+    mu-law."""
+
+    streaming = None
+    format = None
+    sample_rate = None
+
+    def validate(self, attrs):
+        return super().validate({**attrs, "format": "mulaw", "sample_rate": 8000}) | {"streaming": True}

@@ -1,16 +1,18 @@
 
+import uuid
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
-from rest_framework import exceptions
+from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
-from synthesis import heartbeats, metrics
-from synthesis.serializers import SynthesizeSerializer
+from synthesis import heartbeats, metrics, twilio
+from synthesis.serializers import SynthesizeSerializer, TwilioSpeakSerializer
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
@@ -102,6 +104,43 @@ async def synthesize(request):
 # The view class this function serves, as Django's as_view() records it: what the URL walk in
 # tests/tenants/test_api.py reads to see that /v1/synthesize is tenant-scoped (SynthesizeView's checks).
 synthesize.view_class = SynthesizeView
+
+
+class _LiveTwilioStreamView(TenantApiView):
+    """A call up now on the Twilio bridge (/v1/twilio), named by its streamSid: only the tenant whose key
+    opened it may reach it; anyone else's, or one that ended, is 404."""
+
+    required_scope = "synthesize"
+
+    def live_stream(self, stream_sid: str) -> str:
+        if not twilio.live_stream_is_tenants(stream_sid=stream_sid, tenant_id=self.tenant.pk):
+            raise ApiError("stream_not_found", f"No live Twilio stream {stream_sid} for this tenant.", status.HTTP_404_NOT_FOUND)
+        return stream_sid
+
+
+class TwilioSpeakView(_LiveTwilioStreamView):
+    """POST /v1/twilio/calls/<streamSid>/speak: queue an utterance on the call (spoken after those before it)."""
+
+    def post(self, request, stream_sid):
+        stream_sid = self.live_stream(stream_sid)
+        named = parse_request_id(request.headers.get("X-Request-ID"), "X-Request-ID")
+        serializer = TwilioSpeakSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        request_id = named or uuid.uuid4()
+        twilio.live_stream_speak(stream_sid=stream_sid, tenant_id=self.tenant.pk, data=dict(serializer.validated_data),
+                                 request_id=request_id, named_by_client=named is not None)
+        return Response({"stream_sid": stream_sid, "request_id": str(request_id), "status": "queued"},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class TwilioClearView(_LiveTwilioStreamView):
+    """POST /v1/twilio/calls/<streamSid>/clear: barge-in. The utterance being spoken stops at once (its job
+    cancelled), queued ones are dropped, and Twilio is told to drop the audio it holds."""
+
+    def post(self, request, stream_sid):
+        stream_sid = self.live_stream(stream_sid)
+        twilio.live_stream_clear(stream_sid=stream_sid, tenant_id=self.tenant.pk)
+        return Response({"stream_sid": stream_sid, "status": "cleared"}, status=status.HTTP_202_ACCEPTED)
 
 
 # What /v1/health shows of each live worker's heartbeat.
