@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from synthesis.twilio import STREAM_SID_PATTERN
+from synthesis.twilio import SID_PATTERN
 from synthesis.views import HealthView, MetricsView, TwilioClearView, TwilioSpeakView, synthesize
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
@@ -11,8 +11,8 @@ urlpatterns = [
     path("v1/voices", VoiceListView.as_view(), name="voices"),
     path("v1/voices/upload", VoiceUploadView.as_view(), name="voice-upload"),
     path("v1/voices/<slug:voice_id>", VoiceDetailView.as_view(), name="voice-detail"),
-    re_path(rf"^v1/twilio/calls/(?P<stream_sid>{STREAM_SID_PATTERN})/speak$", TwilioSpeakView.as_view(), name="twilio-speak"),
-    re_path(rf"^v1/twilio/calls/(?P<stream_sid>{STREAM_SID_PATTERN})/clear$", TwilioClearView.as_view(), name="twilio-clear"),
+    re_path(rf"^v1/twilio/calls/(?P<sid>{SID_PATTERN})/speak$", TwilioSpeakView.as_view(), name="twilio-speak"),
+    re_path(rf"^v1/twilio/calls/(?P<sid>{SID_PATTERN})/clear$", TwilioClearView.as_view(), name="twilio-clear"),
     path("v1/health", HealthView.as_view(), name="health"),
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),

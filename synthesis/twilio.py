@@ -40,11 +40,12 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 8000  # Twilio's media streams carry 8 kHz mono mu-law, one byte a sample, both ways
 FRAME_BYTES = 160  # 20 ms: the size of the frames Twilio itself sends
 FRAME_SECONDS = FRAME_BYTES / SAMPLE_RATE
+MULAW_SILENCE = b"\xff"  # mu-law's code for 0: pads an utterance's last frame to a whole 20 ms
 
 # Twilio's stream SIDs are "MZ" + 32 hex digits; anything of letters and digits is accepted (fixtures, other
 # carriers speaking the same protocol), as it must also be a valid channel-layer group name.
 STREAM_SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
-STREAM_SID_PATTERN = r"[A-Za-z0-9]{1,64}"
+SID_PATTERN = r"[A-Za-z0-9]{1,64}"  # in the REST paths: a streamSid or a CallSid
 
 # A live stream's owner is kept in the cache (Redis in production: every web process sees it) for as long as a
 # call can last: Twilio ends calls after 4 hours (the most `timeLimit` allows); the bridge forgets it at hang-up.
@@ -86,7 +87,8 @@ class Playout:
     enough that a `clear` (barge-in) silences the call at once and nothing minutes ahead is ever wasted.
 
     It is also the utterance's delivery record for billing (SynthesisSession.attach_delivery): an utterance cut
-    off by a hang-up or a clear is billed for the audio handed to Twilio, not for what was synthesized."""
+    off by a hang-up or a clear is billed for the audio the caller heard, i.e. sent less what Twilio still held
+    (the buffer a `clear` or a hang-up throws away), not for what was synthesized."""
 
     def __init__(self, clock, lead_seconds: float):
         self.clock = clock
@@ -107,41 +109,54 @@ class Playout:
     def sent_frame(self, size: int) -> None:
         self.buffered_until = max(self.buffered_until, self.clock.now()) + size / SAMPLE_RATE
         self.sent += size
-        self.delivered += size
 
     def cleared(self) -> None:
         """Twilio dropped what it held (we sent `clear`)."""
         self.buffered_until = self.clock.now()
 
-    # The Delivery interface SynthesisSession reads (callwaiting.middleware.Delivery): every frame sent counts.
+    # The Delivery interface SynthesisSession reads (callwaiting.middleware.Delivery).
     def observe(self) -> bool:
-        return False
+        """What was played by now: everything sent but the audio Twilio has not reached yet."""
+        self.delivered = max(self.delivered, self.sent - round(self.ahead() * SAMPLE_RATE))
+        return True
 
     async def received(self, timeout: float) -> bool:
+        """An utterance sent in full is a success: Twilio plays what it was given unless told to clear it."""
         return True
 
 
 # --- the live streams, and speaking into them from any web process ----------------------------------------------
-def _live_stream_key(stream_sid: str) -> str:
-    return f"tts:twilio:stream:{stream_sid}"
+# A live stream is found by its streamSid or by its call's CallSid (which the integrator's app knows first: it is in
+# the webhook that returned the TwiML), both mapping to {"tenant_id", "stream_sid"}.
+def _live_sid_key(sid: str) -> str:
+    return f"tts:twilio:sid:{sid}"
 
 
 def stream_group(stream_sid: str) -> str:
     return f"twilio.{stream_sid}"
 
 
-def live_stream_register(*, stream_sid: str, tenant_id: int) -> None:
-    cache.set(_live_stream_key(stream_sid), tenant_id, timeout=_LIVE_STREAM_TTL_SECONDS)
+def _sids(stream_sid: str, call_sid: str) -> list[str]:
+    return [stream_sid] + ([call_sid] if call_sid and STREAM_SID.match(call_sid) else [])
 
 
-def live_stream_forget(*, stream_sid: str, tenant_id: int) -> None:
-    if cache.get(_live_stream_key(stream_sid)) == tenant_id:  # a reused SID of another tenant's call stays
-        cache.delete(_live_stream_key(stream_sid))
+def live_stream_register(*, stream_sid: str, call_sid: str, tenant_id: int) -> None:
+    entry = {"tenant_id": tenant_id, "stream_sid": stream_sid}
+    cache.set_many({_live_sid_key(sid): entry for sid in _sids(stream_sid, call_sid)}, timeout=_LIVE_STREAM_TTL_SECONDS)
 
 
-def live_stream_is_tenants(*, stream_sid: str, tenant_id: int) -> bool:
-    """Whether `stream_sid` is a call up now on a bridge authenticated by this tenant's key."""
-    return bool(STREAM_SID.match(stream_sid)) and cache.get(_live_stream_key(stream_sid)) == tenant_id
+def live_stream_forget(*, stream_sid: str, call_sid: str) -> None:
+    for sid in _sids(stream_sid, call_sid):
+        entry = cache.get(_live_sid_key(sid))
+        if entry is not None and entry["stream_sid"] == stream_sid:  # a newer stream of the same call stays
+            cache.delete(_live_sid_key(sid))
+
+
+def live_stream_of_tenant(*, sid: str, tenant_id: int) -> str | None:
+    """The streamSid of the call up now, named by its streamSid or CallSid, on a bridge authenticated by this
+    tenant's key; None for anyone else's, or one that ended."""
+    entry = cache.get(_live_sid_key(sid)) if STREAM_SID.match(sid) else None
+    return entry["stream_sid"] if entry is not None and entry["tenant_id"] == tenant_id else None
 
 
 def live_stream_speak(*, stream_sid: str, tenant_id: int, data: dict, request_id: uuid.UUID, named_by_client: bool) -> None:
@@ -245,7 +260,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
             return
         self.stream_sid = stream_sid
         await self.channel_layer.group_add(stream_group(stream_sid), self.channel_name)
-        await live_stream_register_async(stream_sid=stream_sid, tenant_id=self.api_key.tenant_id)
+        await live_stream_register_async(stream_sid=stream_sid, call_sid=self.call_sid, tenant_id=self.api_key.tenant_id)
         logger.info("twilio connection %s: stream %s (call %s) up for tenant %s", self.connection_id, stream_sid,
                     self.call_sid, self.api_key.tenant_id)
         speech = {name: parameters[name] for name in SPEECH_PARAMETERS if name in parameters}
@@ -265,7 +280,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
         if self.stream_sid is not None:
             stream_sid, self.stream_sid = self.stream_sid, None
             await self.channel_layer.group_discard(stream_group(stream_sid), self.channel_name)
-            await live_stream_forget_async(stream_sid=stream_sid, tenant_id=self.api_key.tenant_id)
+            await live_stream_forget_async(stream_sid=stream_sid, call_sid=self.call_sid)
 
     # --- from the integrator's app, over the channel layer (live_stream_speak / live_stream_clear) ----------
     async def twilio_speak(self, event: dict) -> None:
@@ -337,7 +352,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
                     await self._send_media(bytes(pending[:FRAME_BYTES]))
                     del pending[:FRAME_BYTES]
         if pending:
-            await self._send_media(bytes(pending))
+            await self._send_media(bytes(pending).ljust(FRAME_BYTES, MULAW_SILENCE))
         await self._send_json(mark_message(self.stream_sid, str(session.request_id)))
 
     async def _send_media(self, mulaw: bytes) -> None:

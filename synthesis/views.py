@@ -107,22 +107,23 @@ synthesize.view_class = SynthesizeView
 
 
 class _LiveTwilioStreamView(TenantApiView):
-    """A call up now on the Twilio bridge (/v1/twilio), named by its streamSid: only the tenant whose key
-    opened it may reach it; anyone else's, or one that ended, is 404."""
+    """A call up now on the Twilio bridge (/v1/twilio), named by its streamSid or its CallSid: only the tenant
+    whose key opened the stream may reach it; anyone else's, or one that ended, is 404."""
 
     required_scope = "synthesize"
 
-    def live_stream(self, stream_sid: str) -> str:
-        if not twilio.live_stream_is_tenants(stream_sid=stream_sid, tenant_id=self.tenant.pk):
-            raise ApiError("stream_not_found", f"No live Twilio stream {stream_sid} for this tenant.", status.HTTP_404_NOT_FOUND)
+    def live_stream(self, sid: str) -> str:
+        stream_sid = twilio.live_stream_of_tenant(sid=sid, tenant_id=self.tenant.pk)
+        if stream_sid is None:
+            raise ApiError("stream_not_found", f"No live Twilio stream or call {sid} for this tenant.", status.HTTP_404_NOT_FOUND)
         return stream_sid
 
 
 class TwilioSpeakView(_LiveTwilioStreamView):
-    """POST /v1/twilio/calls/<streamSid>/speak: queue an utterance on the call (spoken after those before it)."""
+    """POST /v1/twilio/calls/<sid>/speak: queue an utterance on the call (spoken after those before it)."""
 
-    def post(self, request, stream_sid):
-        stream_sid = self.live_stream(stream_sid)
+    def post(self, request, sid):
+        stream_sid = self.live_stream(sid)
         named = parse_request_id(request.headers.get("X-Request-ID"), "X-Request-ID")
         serializer = TwilioSpeakSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -134,11 +135,11 @@ class TwilioSpeakView(_LiveTwilioStreamView):
 
 
 class TwilioClearView(_LiveTwilioStreamView):
-    """POST /v1/twilio/calls/<streamSid>/clear: barge-in. The utterance being spoken stops at once (its job
-    cancelled), queued ones are dropped, and Twilio is told to drop the audio it holds."""
+    """POST /v1/twilio/calls/<sid>/clear: barge-in. The utterance being spoken stops at once (its job cancelled),
+    queued ones are dropped, and Twilio is told to drop the audio it holds."""
 
-    def post(self, request, stream_sid):
-        stream_sid = self.live_stream(stream_sid)
+    def post(self, request, sid):
+        stream_sid = self.live_stream(sid)
         twilio.live_stream_clear(stream_sid=stream_sid, tenant_id=self.tenant.pk)
         return Response({"stream_sid": stream_sid, "status": "cleared"}, status=status.HTTP_202_ACCEPTED)
 
