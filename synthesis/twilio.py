@@ -51,6 +51,10 @@ SID_PATTERN = r"[A-Za-z0-9]{1,64}"  # in the REST paths: a streamSid or a CallSi
 # call can last: Twilio ends calls after 4 hours (the most `timeLimit` allows); the bridge forgets it at hang-up.
 _LIVE_STREAM_TTL_SECONDS = 4 * 3600 + 600
 
+# Twilio sends `start` right after connecting; a socket that has not named its stream (and key) by then is closed
+# rather than held open unauthenticated.
+START_TIMEOUT_SECONDS = 10.0
+
 # The custom parameters (<Parameter name=... value=...>) the bridge reads from `start`.
 KEY_PARAMETER = "api_key"
 SPEECH_PARAMETERS = ("text", "ssml", "voice_id", "language", "speed")
@@ -185,9 +189,10 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
     """`/v1/twilio`: a Twilio bidirectional Media Stream (`<Connect><Stream>`) that speaks into the call.
 
     The key comes as the `api_key` custom parameter of `start` (never in the URL) and is checked as on
-    /v1/stream. Twilio cannot read error frames: a refused stream is logged (with this connection's id, never
-    the key) and closed with 4000 + the HTTP status. Utterances (the `text` parameter of `start`, then REST
-    speak requests arriving over the channel layer) are served in order through SynthesisSession as 8 kHz
+    /v1/stream. Twilio cannot read error frames: a refused stream is logged (with this connection's id, its
+    streamSid and CallSid, never the key) and closed with 4000 + the HTTP status. Utterances (the `text`
+    parameter of `start`, then REST speak requests, which name the call by streamSid or CallSid, arriving over
+    the channel layer) are served in order through SynthesisSession as 8 kHz
     mu-law, sent as 20 ms `media` messages paced to stay TTS_TWILIO_LEAD_SECONDS ahead of playback, each
     followed by a `mark` named after its request id. An utterance refused (quota, unknown voice...) is logged
     and billed as an error; the call goes on. A clear (REST) stops the audio at once and sends Twilio `clear`;
@@ -212,13 +217,14 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.playout = Playout(self.clock, settings.TTS_TWILIO_LEAD_SECONDS)
         await self.accept()
+        self.start_deadline = asyncio.create_task(self._close_unless_started())
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.closing:
             return
         try:
             message = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
             logger.warning("twilio connection %s: a frame that is not a JSON object; ignored", self.connection_id)
@@ -233,12 +239,22 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
         # `connected`, the caller's `media` and `dtmf` (and any event Twilio adds later) need nothing from us.
 
     async def disconnect(self, code):
+        self.start_deadline.cancel()
         await self._end()
+
+    async def _close_unless_started(self) -> None:
+        await asyncio.sleep(START_TIMEOUT_SECONDS)  # the event loop's clock: no audio is paced by it
+        if self.stream_sid is None and not self.closing:
+            logger.warning("twilio connection %s closed: no start message in %g s", self.connection_id,
+                           START_TIMEOUT_SECONDS)
+            self.closing = True
+            await self.close(code=CLOSE_CODE_BASE + 408)
 
     # --- the call -------------------------------------------------------------------------------------------
     async def _start(self, message: dict) -> None:
         if self.stream_sid is not None:
             return  # Twilio sends `start` once; a repeat changes nothing
+        self.start_deadline.cancel()
         start = message.get("start") if isinstance(message.get("start"), dict) else {}
         stream_sid = str(start.get("streamSid") or message.get("streamSid") or "")
         self.call_sid = str(start.get("callSid", ""))[:64]
@@ -253,7 +269,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
             error = as_api_error(exc)  # the database down: 4503, not a crash
             if not isinstance(error, exceptions.APIException):
                 raise
-            logger.warning("twilio connection %s (stream %s, call %s) refused: %s", self.connection_id,
+            logger.warning("twilio connection %s (stream %r, call %r) refused: %s", self.connection_id,
                            stream_sid[:64], self.call_sid, error_code(error))
             self.closing = True
             await self.close(code=CLOSE_CODE_BASE + error.status_code)
@@ -361,7 +377,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
         self.playout.sent_frame(len(mulaw))
 
     async def _stop(self) -> None:
-        """Drop the queued utterances and stop the one in flight (its job cancelled, billed for what was sent)."""
+        """Drop the queued utterances and stop the one in flight (its job cancelled, billed for what was heard)."""
         self.queue.clear()
         if self.runner is None:
             return

@@ -405,3 +405,17 @@ def test_pacing_keeps_no_more_than_the_lead_ahead_of_playback(clock, key, settin
     ahead = run(scenario)
     # Filled up to the lead, never past it: a 20 ms frame more would have overshot.
     assert all(0.2 - 0.02 < seconds <= 0.2 + 1e-9 for seconds in ahead), ahead
+
+
+def test_a_socket_that_never_starts_a_stream_is_closed(clock, live_voices, monkeypatch):
+    monkeypatch.setattr(twilio, "START_TIMEOUT_SECONDS", 0.05)
+
+    async def scenario():
+        from callwaiting.asgi import application
+
+        ws = WebsocketCommunicator(application, "/v1/twilio")
+        assert (await ws.connect(TIMEOUT))[0]
+        await ws.send_json_to(recorded("connected", new_stream_sid()))  # and no start
+        return await _closed(ws)
+
+    assert run(scenario) == 4408
