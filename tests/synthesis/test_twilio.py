@@ -419,3 +419,20 @@ def test_a_socket_that_never_starts_a_stream_is_closed(clock, live_voices, monke
         return await _closed(ws)
 
     assert run(scenario) == 4408
+
+
+def test_a_refused_greeting_is_billed_as_an_error_and_the_call_goes_on(clock, key, tenant):
+    stream_sid = new_stream_sid()
+
+    async def scenario():
+        ws = await _call(stream_sid, api_key=key, text=GREETING, voice_id="no-such-voice")
+        response = await AsgiClient(key=key).post(f"/v1/twilio/calls/{stream_sid}/speak", json={"text": "Hello."})
+        assert response.status == 202
+        _, mark = await _utterance(ws, stream_sid)  # the next utterance is spoken
+        await ws.disconnect(timeout=TIMEOUT)
+        return mark
+
+    mark = run(scenario)
+    refused, spoken = _rows(tenant)
+    assert refused.status == UsageRecord.Status.ERROR and refused.error_code == "voice_not_found"
+    assert spoken.status == UsageRecord.Status.SUCCESS and str(spoken.request_id) == mark
