@@ -436,3 +436,23 @@ def test_a_refused_greeting_is_billed_as_an_error_and_the_call_goes_on(clock, ke
     refused, spoken = _rows(tenant)
     assert refused.status == UsageRecord.Status.ERROR and refused.error_code == "voice_not_found"
     assert spoken.status == UsageRecord.Status.SUCCESS and str(spoken.request_id) == mark
+
+
+def test_frames_twilio_never_sends_are_ignored_and_a_start_without_a_stream_sid_is_refused(clock, key, tenant):
+    async def scenario():
+        from callwaiting.asgi import application
+
+        ws = WebsocketCommunicator(application, "/v1/twilio")
+        assert (await ws.connect(TIMEOUT))[0]
+        for frame in ("not json", "[1, 2]", "[" * 100_000, json.dumps({"event": "surprise"})):
+            await ws.send_to(text_data=frame)
+        await ws.send_to(bytes_data=b"\x00\x01")
+        assert await ws.receive_nothing(0.1)
+        start = recorded("start", "unused")
+        start["start"]["streamSid"] = start["streamSid"] = "MZ not/a group name"
+        start["start"]["customParameters"] = {"api_key": key, "text": GREETING}
+        await ws.send_json_to(start)
+        return await _closed(ws)
+
+    assert run(scenario) == 4400
+    assert not _rows(tenant)
