@@ -87,6 +87,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "queue_unavailable": (503, "The job queue (Redis) cannot be reached; try again shortly."),
     "worker_timeout": (503, "The model worker did not answer for 30 s."),
     "worker_lost": (503, "The model worker serving this request stopped; try again."),
+    "stream_not_found": (404, "No live Twilio stream or call CA0123... for this tenant."),
 }
 
 WEBSOCKET_ERRORS = (
@@ -199,6 +200,7 @@ def _error_table() -> str:
 # the protocol, its first line a title "...: summary"). A new WebSocket endpoint adds its line here.
 WEBSOCKET_APIS = [
     ("/v1/stream", "synthesis.consumers"),
+    ("/v1/twilio", "synthesis.twilio"),
 ]
 
 

@@ -299,6 +299,9 @@ TTS_CHUNK_TIMEOUT = env_float("TTS_CHUNK_TIMEOUT", 30.0)
 # TTS_CLIENT_STALL_TIMEOUT seconds has its connection dropped and its job cancelled.
 TTS_STREAM_WINDOW = env_int("TTS_STREAM_WINDOW", 8)
 TTS_CLIENT_STALL_TIMEOUT = env_float("TTS_CLIENT_STALL_TIMEOUT", 30.0)
+# Twilio Media Streams bridge (/v1/twilio): how far ahead of playback audio is sent to Twilio. Enough to ride out
+# network jitter; small, so that a barge-in (clear) silences the call at once.
+TTS_TWILIO_LEAD_SECONDS = env_float("TTS_TWILIO_LEAD_SECONDS", 0.25)
 # A usage row that cannot be written because the database is unreachable (restarting, failing over) is tried
 # again for this long before the request fails; meanwhile its client waits for the end of its answer.
 TTS_USAGE_WRITE_RETRY_SECONDS = env_float("TTS_USAGE_WRITE_RETRY_SECONDS", 30.0)

@@ -1,11 +1,13 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from callwaiting.openapi import SchemaView
-
 from synthesis.admin import workers_admin_view
-from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
+from synthesis.twilio import SID_PATTERN
+from synthesis.views import (
+    HealthView, MetricsView, StreamTokenView, TwilioClearView, TwilioSpeakView, openai_speech, synthesize,
+)
 from tenants.views import TenantStatsView
 from voices.views import VoiceDetailView, VoiceListView, VoiceUploadView
 
@@ -16,6 +18,8 @@ urlpatterns = [
     path("v1/voices", VoiceListView.as_view(), name="voices"),
     path("v1/voices/upload", VoiceUploadView.as_view(), name="voice-upload"),
     path("v1/voices/<slug:voice_id>", VoiceDetailView.as_view(), name="voice-detail"),
+    re_path(rf"^v1/twilio/calls/(?P<sid>{SID_PATTERN})/speak$", TwilioSpeakView.as_view(), name="twilio-speak"),
+    re_path(rf"^v1/twilio/calls/(?P<sid>{SID_PATTERN})/clear$", TwilioClearView.as_view(), name="twilio-clear"),
     path("v1/health", HealthView.as_view(), name="health"),
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),

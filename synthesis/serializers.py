@@ -69,6 +69,27 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
         return {**super().validate(attrs), "streaming": True}
 
 
+class TwilioSpeakSerializer(SynthesizeSerializer):
+    """An utterance for a Twilio call (REST `POST /v1/twilio/calls/<streamSid>/speak`, or the `text` custom
+    parameter of the stream's `start`): what to say and how; the audio is always what the call carries, 8 kHz
+    mu-law."""
+
+    streaming = None
+    format = None
+    sample_rate = None
+
+    def validate(self, attrs):
+        return super().validate({**attrs, "format": "mulaw", "sample_rate": 8000}) | {"streaming": True}
+
+
+class TwilioCallActionSerializer(serializers.Serializer):
+    """What the Twilio call endpoints answer (documentation: the views build the dict themselves)."""
+
+    stream_sid = serializers.CharField(help_text="The call's Media Stream (its streamSid).")
+    request_id = serializers.UUIDField(required=False, help_text="speak: the utterance's usage row and mark name.")
+    status = serializers.ChoiceField(choices=["queued", "cleared"])
+
+
 class StreamTokenSerializer(serializers.Serializer):
     """What POST /v1/stream/token answers (documentation: the view builds the dict itself)."""
 

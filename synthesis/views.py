@@ -1,10 +1,12 @@
 
+import uuid
+
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions
+from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -12,11 +14,14 @@ from rest_framework.views import APIView
 
 from callwaiting.errors import SERVICE_RETRY_AFTER, ApiError, as_api_error, error_code, exception_body
 from callwaiting.openapi import binary_response, error_responses
-from synthesis import metrics
+from synthesis import metrics, twilio
 from synthesis.encoders import FORMATS
 from synthesis.openai_speech import OPENAI_FORMATS, OPENAI_SPEECH_DESCRIPTION, OpenAISpeechSerializer
 from synthesis.selectors import service_health
-from synthesis.serializers import AUDIO_CONTENT_TYPES, HealthSerializer, StreamTokenSerializer, SynthesizeSerializer
+from synthesis.serializers import (
+    AUDIO_CONTENT_TYPES, HealthSerializer, StreamTokenSerializer, SynthesizeSerializer, TwilioCallActionSerializer,
+    TwilioSpeakSerializer,
+)
 from synthesis.services import SynthesisSession, parse_request_id
 from tenants.api import TenantApiView
 from tenants.authentication import OperatorAuthentication
@@ -252,6 +257,64 @@ openai_speech.view_class = OpenAISpeechView
 # ...and as DRF's as_view() records them for schema generation (drf-spectacular documents their post()).
 synthesize.cls, synthesize.initkwargs = SynthesizeView, {}
 openai_speech.cls, openai_speech.initkwargs = OpenAISpeechView, {}
+
+
+class _LiveTwilioStreamView(TenantApiView):
+    """A call up now on the Twilio bridge (/v1/twilio), named by its streamSid or its CallSid: only the tenant
+    whose key opened the stream may reach it; anyone else's, or one that ended, is 404."""
+
+    required_scope = "synthesize"
+
+    def live_stream(self, sid: str) -> str:
+        stream_sid = twilio.live_stream_of_tenant(sid=sid, tenant_id=self.tenant.pk)
+        if stream_sid is None:
+            raise ApiError("stream_not_found", f"No live Twilio stream or call {sid} for this tenant.", status.HTTP_404_NOT_FOUND)
+        return stream_sid
+
+
+class TwilioSpeakView(_LiveTwilioStreamView):
+    """POST /v1/twilio/calls/<sid>/speak: queue an utterance on the call (spoken after those before it)."""
+
+    @extend_schema(
+        operation_id="twilio_speak", summary="Speak into a live Twilio call (/v1/twilio)", tags=["twilio"],
+        description="Queues an utterance on the call named by its streamSid or CallSid; it is spoken after those "
+                    "before it, as 8 kHz mu-law, and a `mark` named after its request id follows its audio. "
+                    "Answered once queued: a refusal later (quota, voice) is logged and billed, not answered.",
+        request=TwilioSpeakSerializer, parameters=SYNTHESIS_HEADERS[:1],
+        responses={202: TwilioCallActionSerializer, **error_responses("invalid_request", "malformed_request",
+                                                                      "invalid_request_id", "stream_not_found")},
+    )
+    def post(self, request, sid):
+        stream_sid = self.live_stream(sid)
+        named = parse_request_id(request.headers.get("X-Request-ID"), "X-Request-ID")
+        serializer = TwilioSpeakSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        request_id = named or uuid.uuid4()
+        twilio.live_stream_speak(stream_sid=stream_sid, tenant_id=self.tenant.pk, data=dict(serializer.validated_data),
+                                 request_id=request_id, named_by_client=named is not None)
+        return Response({"stream_sid": stream_sid, "request_id": str(request_id), "status": "queued"},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class TwilioClearView(_LiveTwilioStreamView):
+    """POST /v1/twilio/calls/<sid>/clear: barge-in. The utterance being spoken stops at once (its job cancelled),
+    queued ones are dropped, and Twilio is told to drop the audio it holds."""
+
+    @extend_schema(
+        operation_id="twilio_clear", summary="Barge-in on a live Twilio call", tags=["twilio"], request=None,
+        responses={202: TwilioCallActionSerializer, **error_responses("stream_not_found")},
+    )
+    def post(self, request, sid):
+        stream_sid = self.live_stream(sid)
+        twilio.live_stream_clear(stream_sid=stream_sid, tenant_id=self.tenant.pk)
+        return Response({"stream_sid": stream_sid, "status": "cleared"}, status=status.HTTP_202_ACCEPTED)
+
+
+# What /v1/health shows of each live worker's heartbeat.
+_WORKER_FIELDS = (
+    "worker_id", "host", "pid", "loading", "capacity", "load", "waiting_for_client", "engines_paused", "accepting", "jobs_started",
+    "batches", "heartbeat_at",
+)
 
 
 class HealthView(APIView):
