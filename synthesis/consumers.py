@@ -57,12 +57,14 @@ from dataclasses import dataclass
 from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from rest_framework import exceptions, status
 
 from callwaiting.errors import ApiError, ClientGone, as_api_error, error_body, error_code, exception_body
 from synthesis import audio
-from synthesis.serializers import StreamSynthesizeSerializer
+from synthesis.serializers import StreamSynthesizeSerializer, StreamTextSerializer
 from synthesis.services import SynthesisSession, parse_request_id
+from synthesis.text_stream import SentenceBuffer
 from tenants.authentication import authenticate_authorization_header
 from tenants.models import ApiKey, UsageRecord
 from tenants.permissions import require_scope
@@ -82,6 +84,19 @@ class Utterance:
     data: dict  # validated StreamSynthesizeSerializer data
 
 
+class _NoRoomAhead(Exception):
+    """The next utterance, admitted ahead of its turn, found the tenant's streams all in use (the one being
+    spoken holds one): it is admitted again at its turn, when that one has given its stream back."""
+
+
+@dataclass
+class _Ahead:
+    """The next utterance, its job started while the current one is still on its way to the listener."""
+
+    utterance: Utterance
+    ready: asyncio.Task  # -> (SynthesisSession, first audio chunk)
+
+
 def _authenticate(authorization: str | None) -> ApiKey:
     """The key and its synthesize scope, checked as DRF checks them for POST /v1/synthesize."""
     api_key = authenticate_authorization_header(authorization)
@@ -94,16 +109,19 @@ def _authenticate(authorization: str | None) -> ApiKey:
     return api_key
 
 
-def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
+def _admit(authorization: str | None, utterance: Utterance, *, ahead: bool = False, count_rate: bool = True
+           ) -> SynthesisSession:
     """Everything before the audio, in one thread: the key again (it may have been revoked since the
-    handshake), the tenant's rate limits, then the session's own checks. Raises APIException."""
+    handshake), the tenant's rate limits, then the session's own checks. Raises APIException, or
+    _NoRoomAhead for an utterance admitted `ahead` of its turn that found no stream free."""
     api_key = _authenticate(authorization)
-    try:
-        wait = tenant_rate_wait(api_key)
-    except Exception as exc:
-        raise as_api_error(exc)  # Redis down: 4503 service_unavailable rather than an internal error
-    if wait:
-        raise exceptions.Throttled(wait=wait)
+    if count_rate:  # not again for an utterance that was counted when it was tried ahead of its turn
+        try:
+            wait = tenant_rate_wait(api_key)
+        except Exception as exc:
+            raise as_api_error(exc)  # Redis down: 4503 service_unavailable rather than an internal error
+        if wait:
+            raise exceptions.Throttled(wait=wait)
     session = SynthesisSession(
         api_key=api_key, request_id=utterance.request_id, named_by_client=utterance.named_by_client
     )
@@ -113,9 +131,24 @@ def _admit(authorization: str | None, utterance: Utterance) -> SynthesisSession:
         error = as_api_error(exc)
         if not isinstance(error, ApiError):
             raise
+        if ahead and error.code == "too_many_streams":
+            session.withdraw()
+            raise _NoRoomAhead() from None
         session.refuse(error.code)
         raise error from None
     return session
+
+
+async def _discard(ahead: _Ahead | None) -> None:
+    """Stop an utterance started ahead of its turn: its job is cancelled, and it is billed as
+    client_disconnected for no audio (none of it was sent)."""
+    if ahead is None:
+        return
+    ahead.ready.cancel()  # if it is still getting ready, its own cleanup gives back what it took
+    await asyncio.wait([ahead.ready])
+    if not ahead.ready.cancelled() and ahead.ready.exception() is None:
+        session, _ = ahead.ready.result()
+        await session.abandon()
 
 
 def _parse(text_data: str | None) -> dict:
@@ -151,7 +184,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.api_key: ApiKey | None = None
         self.queue: collections.deque[Utterance] = collections.deque()
         self.current: Utterance | None = None  # the utterance in flight
+        self.current_made = False  # ... and its audio is all made (what is left is on its way to the client)
+        self.ahead: _Ahead | None = None  # the next one, started ahead of its turn
         self.runner: asyncio.Task | None = None  # serves the queue while it is not empty
+        # Streamed text ("text" messages): what has not made a sentence yet, and the fields it is spoken with.
+        self.text = SentenceBuffer(max_chars=min(settings.TTS_STREAM_SENTENCE_MAX_CHARS, settings.TTS_MAX_TEXT_CHARS))
+        self.text_fields: dict = {}
         self.closing = False
         self.authorization = dict(self.scope["headers"]).get(b"authorization", b"").decode("latin-1")
         # Accept before checking the key: a refused handshake reaches the client as a bare HTTP 403.
@@ -172,10 +210,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
             kind = message.get("type")
             if kind == "synthesize":
                 await self._enqueue(message)
+            elif kind == "text":
+                self._add_text(message)
+            elif kind == "flush":
+                self._queue_sentences(self.text.flush())
             elif kind == "cancel":
                 await self._cancel()
             else:
-                raise ApiError("unknown_message_type", f"Unknown message type {kind!r}; send 'synthesize' or 'cancel'.")
+                raise ApiError(
+                    "unknown_message_type",
+                    f"Unknown message type {kind!r}; send 'synthesize', 'text', 'flush' or 'cancel'.",
+                )
         except exceptions.APIException as exc:
             await self._fail(exc)
 
@@ -195,39 +240,84 @@ class StreamConsumer(AsyncWebsocketConsumer):
             refused = SynthesisSession(api_key=self.api_key, request_id=request_id, named_by_client=named is not None)
             await refused.end(UsageRecord.Status.ERROR, error_code(exc))
             raise
-        if len(self.queue) >= MAX_QUEUED:
+        self._queue(Utterance(request_id=request_id, named_by_client=named is not None, data=serializer.validated_data))
+
+    def _add_text(self, message: dict) -> None:
+        """A piece of streamed text: the sentences it completes are queued as utterances of their own."""
+        serializer = StreamTextSerializer(data=message)
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        piece, flush = fields.pop("text"), fields.pop("flush")
+        self.text_fields = {**self.text_fields, **fields}
+        sentences = self.text.feed(piece, self.text_fields)
+        self._queue_sentences(sentences + (self.text.flush() if flush else []))
+
+    def _queue_sentences(self, sentences: list[tuple[str, dict]]) -> None:
+        for sentence, fields in sentences:
+            # The fields were valid on their own; together with the sentence they make a synthesize message.
+            serializer = StreamSynthesizeSerializer(data={**fields, "text": sentence})
+            serializer.is_valid(raise_exception=True)
+            self._queue(Utterance(request_id=uuid.uuid4(), named_by_client=False, data=serializer.validated_data))
+
+    def _queue(self, utterance: Utterance) -> None:
+        if len(self.queue) + (self.ahead is not None) >= MAX_QUEUED:
             raise ApiError(
                 "too_many_queued", f"At most {MAX_QUEUED} utterances may wait behind the one being spoken.",
                 status.HTTP_429_TOO_MANY_REQUESTS,
             )
-        self.queue.append(Utterance(request_id=request_id, named_by_client=named is not None,
-                                    data=serializer.validated_data))
+        self.queue.append(utterance)
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._serve_queue())
+        else:
+            self._start_ahead()
+
+    def _start_ahead(self) -> None:
+        """Start the next utterance's job once the current one's audio is all made, so that its first audio is
+        ready when the listener has heard the current one: no silence between them. Not before: the two would
+        compete for a worker slot, and the next one's job, parked on its credit window until its turn, would
+        wait longer than a stalled client is given (TTS_CLIENT_STALL_TIMEOUT)."""
+        if self.current_made and self.ahead is None and self.queue and not self.closing:
+            utterance = self.queue.popleft()
+            self.ahead = _Ahead(utterance, asyncio.create_task(self._ready(utterance, ahead=True)))
+
+    def _current_made(self) -> None:
+        self.current_made = True
+        self._start_ahead()
 
     async def _serve_queue(self) -> None:
-        while self.queue and not self.closing:
-            self.current = self.queue.popleft()
-            try:
-                done = await self._speak(self.current)
-            except ClientGone:  # hung up or stalled: the utterance is billed as such; nobody to tell
-                self.closing = True
-                return
-            except exceptions.APIException as exc:
-                await self._close_with(exc)
-                return
-            except Exception as exc:
-                error = as_api_error(exc)  # Redis unreachable: 4503 service_unavailable, not an internal error
-                if error is exc:
-                    logger.exception("stream %s failed", self.current.request_id)
-                await self._close_with(error if error is not exc else _INTERNAL_ERROR)
-                return
-            self.current = None  # the audio is all out: a cancel from here on has nothing to stop
-            await self._send_json(done)
+        try:
+            while not self.closing:
+                ahead, self.ahead = self.ahead, None
+                if ahead is None and not self.queue:
+                    return
+                self.current = ahead.utterance if ahead is not None else self.queue.popleft()
+                self.current_made = False
+                try:
+                    done = await self._speak(self.current, ahead.ready if ahead is not None else None)
+                except ClientGone:  # hung up or stalled: the utterance is billed as such; nobody to tell
+                    self.closing = True
+                    return
+                except exceptions.APIException as exc:
+                    await self._close_with(exc)
+                    return
+                except Exception as exc:
+                    error = as_api_error(exc)  # Redis unreachable: 4503 service_unavailable, not an internal error
+                    if error is exc:
+                        logger.exception("stream %s failed", self.current.request_id)
+                    await self._close_with(error if error is not exc else _INTERNAL_ERROR)
+                    return
+                self.current = None  # the audio is all out: a cancel from here on has nothing to stop
+                await self._send_json(done)
+        finally:
+            ahead, self.ahead = self.ahead, None
+            await _discard(ahead)  # closing, failed or stopped: the next one is never spoken
 
-    async def _speak(self, utterance: Utterance) -> dict:
-        """One utterance, from its checks to its last audio frame; returns the done frame."""
-        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.authorization, utterance))
+    async def _ready(self, utterance: Utterance, *, ahead: bool = False, count_rate: bool = True
+                     ) -> tuple[SynthesisSession, bytes]:
+        """An utterance's checks, its job and its first audio. Cancelled, it gives back what it took."""
+        admit = asyncio.ensure_future(
+            database_sync_to_async(_admit)(self.authorization, utterance, ahead=ahead, count_rate=count_rate)
+        )
         try:
             session = await asyncio.shield(admit)
         except asyncio.CancelledError:
@@ -236,9 +326,24 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if not admit.cancelled() and admit.exception() is None:
                 await admit.result().abandon()
             raise
+        try:
+            return session, await session.start()
+        except BaseException:  # cancelled (start() ends the session itself when the job fails)
+            await session.abandon()
+            raise
+
+    async def _speak(self, utterance: Utterance, ready: asyncio.Task | None) -> dict:
+        """One utterance, from its checks (or the job started ahead of its turn) to its last audio frame;
+        returns the done frame."""
+        if ready is None:
+            session, first = await self._ready(utterance)
+        else:
+            try:
+                session, first = await ready
+            except _NoRoomAhead:
+                session, first = await self._ready(utterance, count_rate=False)
         session.attach_delivery(self.scope.get("callwaiting.delivery"))
         try:
-            first = await session.start()
             await self._send_json({
                 "type": "start", "request_id": str(session.request_id), "voice_id": session.voice_id,
                 "sample_rate": session.sample_rate, "format": session.audio_format,
@@ -250,7 +355,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # Cancelling this task (cancel, disconnect) closes the body generator, whose own cleanup cancels the
         # worker job and bills the utterance as client_disconnected. A worker failing mid-stream (DispatchError, an
         # ApiError) reaches the client as the error frame; stream_body has billed it as an error.
-        async with aclosing(session.stream_body(first)) as body:
+        async with aclosing(session.stream_body(first, on_complete=self._current_made)) as body:
             async for chunk in body:
                 if chunk:
                     await self.send(bytes_data=chunk)
@@ -265,14 +370,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._send_json({"type": "cancelled", "request_id": str(stopped.request_id)})
 
     async def _stop(self) -> Utterance | None:
-        """Drop the queued utterances and stop the one in flight; returns that one, if any."""
+        """Drop the buffered text, the queued utterances and the one started ahead, and stop the one in
+        flight; returns that one, if any."""
+        self.text.clear()
         self.queue.clear()
+        ahead, self.ahead = self.ahead, None
         stopped = self.current
-        if self.runner is None:
-            return None
-        if stopped is not None:
-            self.runner.cancel()
-        await asyncio.wait([self.runner])  # no frame of the stopped utterance may follow
+        if self.runner is not None:
+            if stopped is not None:
+                self.runner.cancel()
+            await asyncio.wait([self.runner])  # no frame of the stopped utterance may follow
+        await _discard(ahead)
         self.current = None
         return stopped
 
