@@ -1,6 +1,7 @@
 """WebSocket API `/v1/stream`: speech for one utterance after another on one connection, cancellable at once.
 
-Made for servers (voice agents, telephony bridges) that speak sentence after sentence into a live call.
+Made for servers (voice agents, telephony bridges) that speak sentence after sentence into a live call, whole
+utterances (`synthesize`) or an LLM's text as it is generated (`text` pieces, spoken sentence by sentence).
 Browsers cannot set the Authorization header on a WebSocket, so this API is not for them.
 
 Handshake
@@ -15,11 +16,28 @@ Client -> server: JSON text frames
         The fields of POST /v1/synthesize, validated the same way; `streaming` means nothing here and is
         ignored. `format` defaults to "pcm". `request_id` (optional) makes billing idempotent: an utterance
         sent again with the same id is billed once. Utterances are served in order, one at a time; up to
-        16 may wait behind the one in flight.
+        16 may wait behind the one in flight. Text buffered from `text` pieces is not flushed by it.
+    {"type": "text", "text": "Hello, wo", "voice_id", "language", "speed", "format", "flush": false}
+        A piece of text of any size (an LLM's token; at most TTS_MAX_TEXT_CHARS characters), appended to the
+        connection's buffer. Each sentence completed in the buffer becomes an utterance of its own, queued
+        like a `synthesize` message (same checks, rate limit and usage row each; the request id is the
+        server's, in its start frame; sentences with nothing to say, such as "---", are skipped). A sentence
+        ends at . ! ? or an ellipsis followed by a space, at CJK 。！？, or at a newline; a period counts only
+        once the next non-space character shows it ended the sentence ("3.5", "Dr. Smith", "e.g. apples",
+        "U.S. Army" and "well... maybe" are not cut: synthesis/text_stream.py has the rules), so the last
+        sentence of a turn waits for a `flush`. Text that runs TTS_STREAM_SENTENCE_MAX_CHARS (300) without
+        an end is spoken up to its last clause boundary (, ; : dashes) or space.
+        The optional fields are those of `synthesize` (without ssml and request_id, which are refused) and
+        apply from this piece on, until a later piece changes them (defaults: "default", "", 1.0, "pcm").
+        A sentence is spoken with the fields in effect at its first character. `"flush": true` flushes
+        after the piece.
+    {"type": "flush"}
+        Speak what is buffered now, though its sentence has not ended (the end of an LLM's turn).
     {"type": "cancel"}
         Barge-in (the caller interrupted): stops the utterance in flight at once, cancelling its job on the
-        model worker, and drops the queued ones. Answered with "cancelled" for the one in flight; with
-        nothing in flight there is nothing to stop and no answer.
+        model worker, and drops the queued ones and the buffered text. Answered with "cancelled" for the one
+        in flight; with nothing in flight there is nothing to stop and no answer. The fields set by `text`
+        pieces stay in effect.
 
 Server -> client, per utterance
     {"type": "start", "request_id", "voice_id", "sample_rate", "format", "worker_id"}      text frame
@@ -41,10 +59,19 @@ Errors
     4429  tenant rate limit, tenant stream limit, or more than 16 utterances queued (too_many_queued)
     4503  voice or engine unavailable, no model worker free, the worker died mid-stream (worker_lost)
     Each utterance is checked when its turn comes: the key, the tenant's rate limits, then quota, concurrent
-    streams, voice and language exactly as in REST (SynthesisSession).
+    streams, voice and language exactly as in REST (SynthesisSession). A `text` piece's own fields are
+    checked when it arrives (4400, 4413); its sentences' voice and language at their turn (4404, 4422...).
+
+No gaps between utterances: once the worker has made all the audio of the utterance in flight (the rest of
+it is still on its way to the listener), the next queued utterance is checked and its job started, and its
+first audio waits for its turn. So the listener hears the next sentence right after the current one, with
+no time to first audio in between. It counts as one of the tenant's concurrent streams meanwhile; when the
+tenant has none free, it is started at its turn instead (and counted once against the rate limit).
 
 Billing: one usage row per utterance, as in REST: success, error, or client_disconnected for an utterance
-cancelled or cut off by the client going away (its worker job is cancelled too).
+cancelled or cut off by the client going away (its worker job is cancelled too). An utterance started ahead
+of its turn and dropped by a cancel is client_disconnected with no audio. A text piece refused for its
+fields is not a request and gets no row; buffered text that was never spoken is not billed.
 """
 import asyncio
 import collections
