@@ -333,7 +333,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                         logger.exception("stream %s failed", self.current.request_id)
                     await self._close_with(error if error is not exc else _INTERNAL_ERROR)
                     return
-                self.current = None  # the audio is all out: a cancel from here on has nothing to stop
+                self.current, self.current_made = None, False  # all out: a cancel from here on has nothing to stop
                 await self._send_json(done)
         finally:
             ahead, self.ahead = self.ahead, None

@@ -23,7 +23,8 @@ _CJK_TERMINATORS = "。！？"
 _TERMINATORS = ".!?…" + _CJK_TERMINATORS
 _CLOSERS = "\"')]}»”’」』）】"
 _OPENERS = "\"'([{«“‘「『（【"
-_CLAUSE_ENDS = ",;:—–、，；："
+_CJK_CLAUSE_ENDS = "、，；："  # no space follows them
+_CLAUSE_ENDS = ",;:—–" + _CJK_CLAUSE_ENDS
 # Titles and abbreviations that are not the end of a sentence whatever follows them.
 _NEVER_ENDS = frozenset("mr mrs ms dr prof rev hon st mt sgt capt lt col gen gov sen rep vs cf viz approx dept".split())
 # Abbreviations that are not the end of a sentence before a number: "No. 5", "Fig. 2", "p. 12".
@@ -104,7 +105,9 @@ def _forced_cut(text: str, max_chars: int) -> int:
     boundary in its second half, else at the last space, else at the bound itself."""
     window = text[: max_chars + 1]
     for i in range(max_chars - 1, max_chars // 2, -1):
-        if window[i] in _CLAUSE_ENDS and (i + 1 >= len(window) or window[i + 1].isspace()):
+        if window[i] in _CJK_CLAUSE_ENDS or (
+            window[i] in _CLAUSE_ENDS and (i + 1 >= len(window) or window[i + 1].isspace())
+        ):
             return i + 1
     space = window.rfind(" ", 1)
     return space if space > 0 else max_chars

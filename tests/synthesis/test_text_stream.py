@@ -51,6 +51,8 @@ def test_a_run_without_a_sentence_end_is_cut_at_a_clause_then_a_word_within_the_
     assert clauses and all(len(c) <= 60 and c.endswith(",") for c in clauses)
     words, _ = _sentences("word " * 100, max_chars=60)
     assert words and all(len(w) <= 60 and w.endswith("word") for w in words)
+    cjk, _ = _sentences("我们明天见面，然后一起吃饭" * 20, max_chars=60)
+    assert cjk and all(len(c) <= 60 and c.endswith("，") for c in cjk)
     unbroken, rest = _sentences("a" * 150, max_chars=60)
     assert [len(part) for part in unbroken + rest] == [60, 60, 30]
 
