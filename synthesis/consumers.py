@@ -79,6 +79,7 @@ import json
 import logging
 import uuid
 from contextlib import aclosing
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from asgiref.sync import ThreadSensitiveContext
@@ -122,6 +123,25 @@ class _Ahead:
 
     utterance: Utterance
     ready: asyncio.Task  # -> (SynthesisSession, first audio chunk)
+    keeper: asyncio.Task  # keeps its worker job alive while it waits for its turn
+
+    @classmethod
+    def start(cls, ready: Awaitable[tuple[SynthesisSession, bytes]], utterance: Utterance) -> "_Ahead":
+        ready_task = asyncio.ensure_future(ready)
+        return cls(utterance, ready_task, asyncio.create_task(_keep_alive(ready_task)))
+
+
+async def _keep_alive(ready: asyncio.Task) -> None:
+    """While an utterance made ahead waits for its turn (the listener is still receiving the current one, which
+    can take a while: socket buffers hold many seconds of audio), its worker hears from this process now and
+    then, so it does not give the job up."""
+    try:
+        session, _ = await asyncio.shield(ready)
+    except BaseException:
+        return  # it failed (the error is for its turn), or this keeper is stopped
+    while not session.stream.finished:
+        await asyncio.sleep(settings.TTS_CLIENT_STALL_TIMEOUT / 3)
+        await asyncio.shield(session.stream.keep_alive())  # a send to Redis is never cut in the middle
 
 
 def _authenticate(authorization: str | None) -> ApiKey:
@@ -171,6 +191,7 @@ async def _discard(ahead: _Ahead | None) -> None:
     client_disconnected for no audio (none of it was sent)."""
     if ahead is None:
         return
+    ahead.keeper.cancel()
     ahead.ready.cancel()  # if it is still getting ready, its own cleanup gives back what it took
     await asyncio.wait([ahead.ready])
     if not ahead.ready.cancelled() and ahead.ready.exception() is None:
@@ -299,15 +320,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self._start_ahead()
 
     def _start_ahead(self) -> None:
-        """Start the next utterance's job once the current one's audio is all made, so that its first audio is
-        ready when the listener has heard the current one: no silence between them. Not before: the two would
-        compete for a worker slot, and the next one's job, parked on its credit window until its turn, would
-        wait longer than a stalled client is given (TTS_CLIENT_STALL_TIMEOUT)."""
+        """Start the next utterance's job once the worker has made all of the current one (a credit window of
+        its audio may still wait here, and more in the socket's buffers), so that its first audio is ready when
+        the listener has heard the current one: no silence between them. Not before: the two would hold two
+        worker slots (batch rows) for one listener, the next one parked on its credit window meanwhile."""
         if self.current_made and self.ahead is None and self.queue and not self.closing:
             utterance = self.queue.popleft()
-            self.ahead = _Ahead(utterance, asyncio.create_task(self._ready(utterance, ahead=True)))
+            self.ahead = _Ahead.start(self._ready(utterance, ahead=True), utterance)
 
-    def _current_made(self) -> None:
+    async def _when_made(self, session: SynthesisSession) -> None:
+        await session.stream.all_made()
         self.current_made = True
         self._start_ahead()
 
@@ -320,6 +342,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 self.current = ahead.utterance if ahead is not None else self.queue.popleft()
                 self.current_made = False
                 try:
+                    if ahead is not None:
+                        ahead.keeper.cancel()  # its turn: it is read from now on
                     done = await self._speak(self.current, ahead.ready if ahead is not None else None)
                 except ClientGone:  # hung up or stalled: the utterance is billed as such; nobody to tell
                     self.closing = True
@@ -382,10 +406,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # Cancelling this task (cancel, disconnect) closes the body generator, whose own cleanup cancels the
         # worker job and bills the utterance as client_disconnected. A worker failing mid-stream (DispatchError, an
         # ApiError) reaches the client as the error frame; stream_body has billed it as an error.
-        async with aclosing(session.stream_body(first, on_complete=self._current_made)) as body:
-            async for chunk in body:
-                if chunk:
-                    await self.send(bytes_data=chunk)
+        made = asyncio.create_task(self._when_made(session))
+        try:
+            async with aclosing(session.stream_body(first)) as body:
+                async for chunk in body:
+                    if chunk:
+                        await self.send(bytes_data=chunk)
+        finally:
+            made.cancel()
         return {
             "type": "done", "request_id": str(session.request_id), "characters": session.characters,
             "audio_seconds": round(audio.pcm_seconds(session.pcm_bytes, session.sample_rate), 4),

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -319,11 +319,9 @@ class SynthesisSession:
             )
 
     # --- the audio ------------------------------------------------------------------------------------------
-    async def stream_body(self, first: bytes, on_complete: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+    async def stream_body(self, first: bytes) -> AsyncIterator[bytes]:
         """The response body, sent while it is synthesized. A worker failure mid-stream ends the transfer
-        abruptly (never a short file that looks complete); a client that goes away cancels the job.
-        `on_complete` is called once the worker has made all the audio, before waiting for the client to have
-        received it (the WebSocket API starts the next utterance's job then)."""
+        abruptly (never a short file that looks complete); a client that goes away cancels the job."""
         outcome, code = UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected"
         self.body_started = True
         try:
@@ -332,8 +330,6 @@ class SynthesisSession:
             async for chunk in self.stream.chunks():
                 self._audio(chunk)
                 yield chunk
-            if self.stream.complete and on_complete is not None:
-                on_complete()
             # All made and handed over (else it was cancelled under us: the client is gone); a success once the
             # client has received it, which can take a while: the socket's buffers hold megabytes.
             if self.stream.complete and (

@@ -361,3 +361,33 @@ def test_a_tenant_with_one_stream_still_hears_every_sentence(live_voices, engine
     second, done = run(scenario)
     assert done["type"] == "done" and second
     assert list(UsageRecord.objects.filter(tenant=tenant).values_list("status", flat=True)) == ["success"] * 2
+
+
+def test_a_sentence_made_ahead_keeps_its_worker_job_alive_until_its_turn(key, engine_tap, settings, monkeypatch):
+    """Its job waits on its credit window while the listener still receives the current sentence (socket buffers
+    hold many seconds): the worker hears keep-alives meanwhile, else it would give the job up as abandoned."""
+    from synthesis.dispatch import WorkerStream
+
+    settings.TTS_CLIENT_STALL_TIMEOUT = 0.03  # a keep-alive every 10 ms
+    keep_alives = []
+    keep_alive = WorkerStream.keep_alive
+
+    async def counted(self):
+        keep_alives.append(self.job_id)
+        await keep_alive(self)
+
+    monkeypatch.setattr(WorkerStream, "keep_alive", counted)
+
+    async def scenario():
+        ws, delivery = await _open_held(key)
+        first_start = await _first_on_its_way(ws, delivery, engine_tap)
+        await _until(lambda: len(keep_alives) >= 3)
+        delivery.release.set()
+        _, first_done = await _rest(ws)
+        (_, second, _), = await _utterances(ws, 1)
+        await ws.disconnect(timeout=TIMEOUT)
+        return first_start, first_done, second
+
+    first_start, first_done, second = run(scenario)
+    assert first_done["request_id"] == first_start["request_id"] and second
+    assert len(set(keep_alives)) == 1  # the one job made ahead, and no other
