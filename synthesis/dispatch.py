@@ -55,8 +55,8 @@ _CLIENT_ERROR_CODES = {
 
 
 class _Replies(asyncio.Queue):
-    """A job's answers as they arrive, and whether the last of its audio has (`made`: the worker is done with
-    it, though its consumer may not have read that far yet)."""
+    """A job's answers as they arrive, and whether the last of its audio has come (`made`: the worker is done
+    with the job, though its consumer may not have read that far yet)."""
 
     def __init__(self):
         super().__init__()
