@@ -277,6 +277,9 @@ TTS_ENGINES = env_list("TTS_ENGINES", "espeak,xtts")
 # Engines are pluggable: {"name": "dotted.path.EngineClass"} adds engines or replaces built-in ones.
 TTS_ENGINE_CLASSES = json.loads(os.environ.get("TTS_ENGINE_CLASSES") or "{}")
 TTS_MAX_TEXT_CHARS = env_int("TTS_MAX_TEXT_CHARS", 5000)
+# Text streamed in pieces on /v1/stream ("text" messages) that runs this long without the end of a sentence is
+# spoken up to its last clause boundary or space, so the buffer stays small and speech never waits for long.
+TTS_STREAM_SENTENCE_MAX_CHARS = env_int("TTS_STREAM_SENTENCE_MAX_CHARS", 300)
 # Audio one request may make, pauses included (a request whose pauses alone exceed it is refused up front).
 TTS_MAX_AUDIO_SECONDS = env_float("TTS_MAX_AUDIO_SECONDS", 900.0)
 # A streaming=false response is collected in memory up to this size, then in a temporary file.

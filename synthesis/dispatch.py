@@ -54,17 +54,31 @@ _CLIENT_ERROR_CODES = {
 }
 
 
+class _Replies(asyncio.Queue):
+    """A job's answers as they arrive, and whether the last of its audio has come (`made`: the worker is done
+    with the job, though its consumer may not have read that far yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = asyncio.Event()
+
+    def put_nowait(self, message: dict) -> None:
+        if message.get("type") == protocol.DONE:
+            self.made.set()
+        super().put_nowait(message)
+
+
 class ReplyRouter:
     """This process's one inbox for the answers to all of its jobs, fanned out to a queue per job."""
 
     def __init__(self, queue: JobQueue):
         self.queue = queue
         self.inbox = new_inbox_name("web")
-        self._jobs: dict[str, asyncio.Queue] = {}
+        self._jobs: dict[str, _Replies] = {}
         self._stopped: dict[tuple[str, str], None] = {}  # jobs told to stop after they ended here (bounded)
 
-    def open(self, job_id: str) -> asyncio.Queue:
-        replies = self._jobs[job_id] = asyncio.Queue()
+    def open(self, job_id: str) -> _Replies:
+        replies = self._jobs[job_id] = _Replies()
         return replies
 
     def close(self, job_id: str) -> None:
@@ -122,7 +136,7 @@ class WorkerJob:
         self.finished = False
         self.answered = False  # the worker sent more than its acceptance: the job is that worker's for good
         self._router: ReplyRouter | None = None
-        self._replies: asyncio.Queue | None = None
+        self._replies: _Replies | None = None
         self._disowned: set[str] = set()
 
     async def submit(self, fields: dict) -> None:
@@ -304,6 +318,17 @@ class WorkerStream(WorkerJob):
             "segments": [protocol.segment_message(segment) for segment in self.spec.segments],
         })
         return await self.next_chunk() or b""
+
+    async def all_made(self) -> None:
+        """Returns once the worker has made the whole clip (its slot is free again), while up to a credit window
+        of its audio may still wait here to be read."""
+        await self._replies.made.wait()
+
+    async def keep_alive(self) -> None:
+        """Tell the worker this process is still there though it reads nothing (a job made ahead of its turn):
+        credit for nothing new, so the worker does not give the job up as abandoned."""
+        if not self.finished and self.worker_id:
+            await self._control(self.worker_id, {"type": protocol.CREDIT, "consumed": self.acknowledged})
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self.next_chunk()) is not None:

@@ -1,4 +1,7 @@
-from rest_framework import serializers
+from django.conf import settings
+from rest_framework import serializers, status
+
+from callwaiting.errors import ApiError
 
 from synthesis.encoders import API_FORMATS, FORMATS, SAMPLE_RATES, sample_rate_error
 
@@ -67,6 +70,35 @@ class StreamSynthesizeSerializer(SynthesizeSerializer):
 
     def validate(self, attrs):
         return {**super().validate(attrs), "streaming": True}
+
+
+class StreamTextSerializer(serializers.Serializer):
+    """A `text` message on /v1/stream: a piece of text as an LLM produces it, optionally with the fields of a
+    `synthesize` message (voice_id, language, speed, format), which apply from this piece on until changed.
+    Only the fields sent are in validated_data, besides `text` and `flush`."""
+
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    flush = serializers.BooleanField(required=False, default=False)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, field in StreamSynthesizeSerializer().get_fields().items():
+            if name not in fields and name != "ssml":
+                field.required, field.default = False, serializers.empty  # absent: the earlier value stays
+                fields[name] = field
+        return fields
+
+    def validate(self, attrs):
+        if "ssml" in self.initial_data:
+            raise serializers.ValidationError({"ssml": "text messages carry plain text; send SSML in a synthesize message."})
+        if "request_id" in self.initial_data:
+            raise serializers.ValidationError(
+                {"request_id": "each sentence of streamed text gets the server's request id (in its start frame)."}
+            )
+        if len(attrs["text"]) > settings.TTS_MAX_TEXT_CHARS:
+            raise ApiError("text_too_long", f"A text piece has at most {settings.TTS_MAX_TEXT_CHARS} characters.",
+                           status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        return attrs
 
 
 class TwilioSpeakSerializer(SynthesizeSerializer):

@@ -179,6 +179,7 @@ class SynthesisSession:
         self.pcm_bytes = 0  # audio made for this request
         self.delivery = None  # callwaiting.middleware.Delivery under daphne: what reached the client
         self._sent_before = 0
+        self.body_started = False  # stream_body() began: audio went (or was going) to the client
         self._slot_held = False
         self._closed = False
 
@@ -357,6 +358,7 @@ class SynthesisSession:
         """The response body, sent while it is synthesized. A worker failure mid-stream ends the transfer
         abruptly (never a short file that looks complete); a client that goes away cancels the job."""
         outcome, code = UsageRecord.Status.CLIENT_DISCONNECTED, "client_disconnected"
+        self.body_started = True
         try:
             # An encoder may hold a chunk's samples for its next frame: nothing to send then (an empty chunk
             # would end a chunked HTTP body).
@@ -415,6 +417,27 @@ class SynthesisSession:
             logger.warning("request %s refused (%s); its usage row not written, the database cannot be reached (%s)",
                            self.request_id, code, exc)
 
+    def withdraw(self) -> None:
+        """Give back what prepare() took, with no usage row and no metrics: for a refusal that is not final, as
+        when the WebSocket API admits the next utterance ahead of its turn and finds the tenant's streams all
+        in use (by the one being spoken): it is admitted again at its turn."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """The request id's claim and the stream slot, given back."""
+        if self._in_flight_claimed:
+            try:
+                cache.delete(self._in_flight_key)
+            except Exception as exc:  # Redis is down: the claim lapses by itself; the row is written all the same
+                logger.warning("request %s: could not release its request id now (%s)", self.request_id, exc)
+        if self._slot_held:
+            _counter_decr(_stream_slot_key(self.tenant.pk))
+            self._share.release()
+            metrics.ACTIVE_STREAMS.labels(self.engine).dec()
+
     def _close_and_release(self, outcome: str, error_code: str) -> None:
         """close(), then hand the database connection back: an abandoned exchange may end outside Django's
         request cycle (RequestCleanupMiddleware), where nothing else would."""
@@ -452,7 +475,10 @@ class SynthesisSession:
     # --- the end --------------------------------------------------------------------------------------------
     def _billed_pcm_bytes(self, outcome: str) -> int:
         """The audio the usage row records: what the client received when it went away (as far as the server
-        can tell), else what was made."""
+        can tell), else what was made; nothing when none of it was on its way (an utterance made ahead of its
+        turn on the WebSocket API and dropped by a cancel)."""
+        if outcome == UsageRecord.Status.CLIENT_DISCONNECTED and not self.body_started:
+            return 0
         if outcome != UsageRecord.Status.CLIENT_DISCONNECTED or self.delivery is None or self.encoder is None:
             return self.pcm_bytes
         received = self.encoder.source_bytes_received(max(0, self.delivery.delivered - self._sent_before))
@@ -464,15 +490,7 @@ class SynthesisSession:
         if self._closed:
             return
         self._closed = True
-        if self._in_flight_claimed:
-            try:
-                cache.delete(self._in_flight_key)
-            except Exception as exc:  # Redis is down: the claim lapses by itself; the row is written all the same
-                logger.warning("request %s: could not release its request id now (%s)", self.request_id, exc)
-        if self._slot_held:
-            _counter_decr(_stream_slot_key(self.tenant.pk))
-            self._share.release()
-            metrics.ACTIVE_STREAMS.labels(self.engine).dec()
+        self._release()
         total = time.perf_counter() - self.started
         ttfa = self.first_audio_at - self.started if self.first_audio_at else None
         seconds = audio.pcm_seconds(self._billed_pcm_bytes(outcome), self.source_rate)

@@ -346,7 +346,7 @@ class TwilioMediaStreamConsumer(AsyncWebsocketConsumer):
             self.current = None
 
     async def _speak(self, utterance: Utterance) -> None:
-        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.authorization, utterance))
+        admit = asyncio.ensure_future(database_sync_to_async(_admit)(self.api_key, utterance))
         try:
             session = await asyncio.shield(admit)
         except asyncio.CancelledError:

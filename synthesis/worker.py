@@ -361,7 +361,8 @@ class ModelWorker:
     async def _wait_for_credit(self, job: _Job, seq: int) -> bool:
         """Hold message `seq` until the client has caught up to within TTS_STREAM_WINDOW messages; False when
         the job was cancelled meanwhile. The web side drops a stalled client after TTS_CLIENT_STALL_TIMEOUT;
-        the worker gives up a little later, in case the web process itself is gone."""
+        the worker gives up when it has heard nothing from the web side a little longer, in case the web
+        process itself is gone (a job made ahead of its turn on /v1/stream hears a keep-alive meanwhile)."""
         give_up = time.monotonic() + settings.TTS_CLIENT_STALL_TIMEOUT + 5
         while seq - job.consumed >= settings.TTS_STREAM_WINDOW and not job.cancelled.is_set():
             job.credit.clear()
@@ -373,6 +374,7 @@ class ModelWorker:
             job.waiting_for_client = True
             try:
                 await asyncio.wait_for(job.credit.wait(), left)
+                give_up = time.monotonic() + settings.TTS_CLIENT_STALL_TIMEOUT + 5  # the web side is there
             except asyncio.TimeoutError:
                 pass
             finally:

@@ -156,6 +156,42 @@ def test_websocket_listener_that_stops_reading_holds_its_job_and_gets_every_samp
     assert received % 2 == 0 and abs(received / 2 / 22050 - done["audio_seconds"]) < 1e-4  # rounded to 0.1 ms
 
 
+def test_streamed_text_over_tcp_is_spoken_sentence_by_sentence_and_each_is_billed_once_received(server):
+    """Through daphne: the next sentence is made while the current one is still on its way (Delivery), and
+    every sentence is billed as a success once the listener has all of it."""
+    import sqlite3
+
+    sentences = ["Thanks for calling.", "Your table for 4 is booked at 7.30 tonight.", "Dr. Lee will meet you there!",
+                 "See you"]
+    text = " ".join(sentences)
+    utterances = []
+    with _websocket(server) as websocket:
+        for i in range(0, len(text), 3):
+            websocket.send(json.dumps({"type": "text", "text": text[i:i + 3]}))
+        websocket.send(json.dumps({"type": "flush"}))
+        while len(utterances) < 4:
+            start = json.loads(websocket.recv(timeout=20))
+            assert start["type"] == "start", start
+            received = 0
+            while isinstance(frame := websocket.recv(timeout=20), bytes):
+                received += len(frame)
+            done = json.loads(frame)
+            assert done["request_id"] == start["request_id"] and done["type"] == "done"
+            assert abs(received / 2 / 22050 - done["audio_seconds"]) < 1e-4
+            utterances.append(done)
+    assert [done["characters"] for done in utterances] == [len(sentence) for sentence in sentences]
+    ids = tuple(done["request_id"].replace("-", "") for done in utterances)
+
+    def rows():
+        with sqlite3.connect(server["db"]) as database:
+            found = database.execute(
+                f"SELECT status FROM tenants_usagerecord WHERE replace(request_id, '-', '') IN ({','.join('?' * 4)})", ids
+            ).fetchall()
+        return found if len(found) == 4 else None
+
+    assert _until(rows) == [("success",)] * 4
+
+
 def test_websocket_listener_that_hangs_up_mid_stream_frees_its_worker(server):
     websocket = _websocket(server)
     websocket.send(json.dumps({"type": "synthesize", "text": LONG_TEXT}))
