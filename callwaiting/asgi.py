@@ -16,13 +16,15 @@ from callwaiting.middleware import (  # noqa: E402
     DaphneStreamingMiddleware,
     EmbeddedWorkerMiddleware,
     RequestCleanupMiddleware,
+    StaticFilesHandler,
     path_router,
 )
 from synthesis.routing import websocket_urlpatterns  # noqa: E402
 
 application = RequestCleanupMiddleware(DaphneStreamingMiddleware(BodyLimitMiddleware(EmbeddedWorkerMiddleware(
     ProtocolTypeRouter({
-        "http": path_router(ApiHandler(), django_application),
+        # /static/ (the docs' assets, the admin's CSS) is served by this process: see StaticFilesHandler.
+        "http": path_router(ApiHandler(), StaticFilesHandler(django_application)),
         "websocket": URLRouter(websocket_urlpatterns),
     })
 ))))

@@ -18,10 +18,13 @@ import logging
 import struct
 import termios
 
+from asgiref.sync import sync_to_async
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import SuspiciousOperation
 from django.core.handlers.asgi import ASGIHandler
-from django.core.handlers.exception import convert_exception_to_response
+from django.core.handlers.exception import convert_exception_to_response, response_for_exception
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -60,6 +63,25 @@ class ApiHandler(ASGIHandler):
             return response
 
         self._middleware_chain = api_headers
+
+
+class StaticFilesHandler(ASGIStaticFilesHandler):
+    """/static/... served by this process from the apps' static folders (the docs' Swagger UI and ReDoc from
+    drf-spectacular-sidecar, the admin's CSS), so neither `make run` nor the production image needs collectstatic,
+    a CDN or another server; anything else goes on to `application`.
+
+    Django's handler answers only a missing file itself: a path that climbs out of the static folders
+    (/static/../settings.py), which its finders refuse with SuspiciousFileOperation, escaped it as a 500. It is
+    Django's 400 here, in the error shape (handler400)."""
+
+    async def get_response_async(self, request):
+        try:
+            response = await super().get_response_async(request)
+        except SuspiciousOperation as exc:
+            return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
+        if response.status_code == 200:  # the files change only with a deployment: browsers may keep them an hour
+            response.headers.setdefault("Cache-Control", "public, max-age=3600")
+        return response
 
 
 def path_router(api_app, site_app):

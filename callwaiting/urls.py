@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from synthesis.views import HealthView, MetricsView, StreamTokenView, openai_speech, synthesize
 from tenants.views import TenantStatsView
@@ -16,8 +16,11 @@ urlpatterns = [
     path("v1/metrics", MetricsView.as_view(), name="metrics"),
     path("v1/tenant/stats", TenantStatsView.as_view(), name="tenant-stats"),
     path("admin/", admin.site.urls),
+    path("portal/accounts/", include("allauth.urls")),
+    path("portal/", include("tenants.portal.urls")),
 ]
 
 handler400 = "callwaiting.errors.bad_request_handler"
+handler403 = "callwaiting.errors.permission_denied_handler"
 handler404 = "callwaiting.errors.not_found_handler"
 handler500 = "callwaiting.errors.server_error_handler"
