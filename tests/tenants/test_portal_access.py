@@ -152,3 +152,17 @@ def test_static_files_are_served_by_the_asgi_application(path, content_type, tra
     response = async_to_sync(AsgiClient().request)("GET", path)
     assert response.status == 200 and response.headers["content-type"].startswith(content_type)
     assert len(response.body) > 100
+
+
+def test_a_failing_portal_page_is_an_html_500(owner, monkeypatch):
+    from tenants.portal.views import dashboard
+
+    def broken(self, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dashboard.DashboardView, "get_context_data", broken)
+    client = Client(raise_request_exception=False)
+    client.force_login(owner.user, backend="allauth.account.auth_backends.AuthenticationBackend")
+    response = client.get("/portal/")
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
+    assert b"Something went wrong" in response.content and b"boom" not in response.content
