@@ -27,7 +27,7 @@ def owner(portal_tenant):
 
 
 @pytest.fixture
-def admin(portal_tenant):
+def tenant_admin(portal_tenant):
     return staff_member(portal_tenant, "admin", email="admin@acme.example")
 
 
@@ -43,8 +43,8 @@ def owner_client(owner) -> Client:
 
 
 @pytest.fixture
-def admin_client(admin) -> Client:
-    return _client_for(admin)
+def tenant_admin_client(tenant_admin) -> Client:
+    return _client_for(tenant_admin)
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from tenants.services import audit_record
 pytestmark = pytest.mark.django_db
 
 
-def test_owners_and_admins_read_their_tenants_log_newest_first(owner_client, admin_client, owner, portal_tenant,
+def test_owners_and_admins_read_their_tenants_log_newest_first(owner_client, tenant_admin_client, owner, portal_tenant,
                                                                  other_tenant):
     audit_record(tenant=portal_tenant, actor=owner.user, action="api_key.created", target="target-one")
     audit_record(tenant=portal_tenant, actor=None, action="member.added", target="target-two", details={"role": "admin"})
     audit_record(tenant=other_tenant, actor=None, action="api_key.revoked", target="globex-secret-thing")
-    for client in (owner_client, admin_client):
+    for client in (owner_client, tenant_admin_client):
         page = client.get("/portal/audit/").content.decode()
         assert page.index("target-two") < page.index("target-one")
         assert "owner@acme.example" in page and "operator" in page and "role: admin" in page

@@ -35,8 +35,8 @@ def test_an_owner_creates_a_key_and_sees_its_plaintext_exactly_once(owner_client
     assert api_key.secret_hash not in response.content.decode()
 
 
-def test_an_admin_creates_keys_too(admin_client):
-    assert admin_client.post("/portal/keys/", NEW_KEY).status_code == 201
+def test_an_admin_creates_keys_too(tenant_admin_client):
+    assert tenant_admin_client.post("/portal/keys/", NEW_KEY).status_code == 201
 
 
 def test_a_key_without_scopes_or_with_an_unknown_kind_is_refused_with_the_reason(owner_client):

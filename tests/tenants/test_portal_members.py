@@ -101,11 +101,11 @@ def test_inviting_someone_already_in_the_tenant_says_so(owner_client, member):
     assert not mail.outbox
 
 
-def test_only_owners_invite_owners(admin_client):
-    response = admin_client.post("/portal/members/", {"email": "boss@acme.example", "role": "owner"})
+def test_only_owners_invite_owners(tenant_admin_client):
+    response = tenant_admin_client.post("/portal/members/", {"email": "boss@acme.example", "role": "owner"})
     assert response.status_code == 400 and b"Only owners grant" in response.content
     assert not Invitation.objects.exists()
-    _invite(admin_client, role="admin")
+    _invite(tenant_admin_client, role="admin")
 
 
 def test_a_member_cannot_invite_change_roles_or_remove(member_client, owner, member):
@@ -134,12 +134,12 @@ def test_an_owner_changes_roles_and_the_last_owner_stays_owner(owner_client, own
     assert TenantMembership.objects.get(pk=owner.pk).role == "admin"
 
 
-def test_an_admin_manages_members_but_not_owners(admin_client, owner, member):
-    admin_client.post(f"/portal/members/{member.pk}/role/", {"role": "admin"})
+def test_an_admin_manages_members_but_not_owners(tenant_admin_client, owner, member):
+    tenant_admin_client.post(f"/portal/members/{member.pk}/role/", {"role": "admin"})
     assert TenantMembership.objects.get(pk=member.pk).role == "admin"
-    response = admin_client.post(f"/portal/members/{owner.pk}/role/", {"role": "member"}, follow=True)
+    response = tenant_admin_client.post(f"/portal/members/{owner.pk}/role/", {"role": "member"}, follow=True)
     assert "Only owners grant or take away the owner role" in response.content.decode()
-    admin_client.post(f"/portal/members/{owner.pk}/remove/")
+    tenant_admin_client.post(f"/portal/members/{owner.pk}/remove/")
     assert TenantMembership.objects.get(pk=owner.pk).role == "owner"
 
 
