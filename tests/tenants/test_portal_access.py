@@ -166,3 +166,26 @@ def test_a_failing_portal_page_is_an_html_500(owner, monkeypatch):
     response = client.get("/portal/")
     assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
     assert b"Something went wrong" in response.content and b"boom" not in response.content
+
+
+def test_the_function_view_decorator_applies_the_same_checks(rf, owner, member, other_tenant):
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.exceptions import PermissionDenied
+    from django.http import HttpResponse
+
+    from tenants.portal.mixins import portal_view
+
+    @portal_view(manager_required=True)
+    def managers_page(request):
+        return HttpResponse(f"{request.tenant.slug} {request.membership.role}")
+
+    def call(user):
+        request = rf.get("/portal/something/")
+        request.user, request.session = user, SessionStore()
+        return managers_page(request)
+
+    assert call(owner.user).content.decode() == f"{owner.tenant.slug} owner"
+    with pytest.raises(PermissionDenied):
+        call(member.user)
+    assert call(AnonymousUser()).status_code == 302
