@@ -223,6 +223,17 @@ def member_invite(*, actor: TenantMembership, email: str, role: str, accept_url:
     return invitation
 
 
+def invitation_cancel(*, actor: TenantMembership, invitation: Invitation) -> Invitation:
+    """Withdraw a pending invitation (sent to a wrong address...): its link stops working at once."""
+    _may_assign(actor, invitation.role)
+    if invitation.is_usable():
+        invitation.expires_at = timezone.now()
+        invitation.save(update_fields=["expires_at"])
+        audit_record(tenant=invitation.tenant, actor=actor.user, action="member.invitation_cancelled",
+                     target=invitation.email, details={"role": invitation.role})
+    return invitation
+
+
 def invitation_accept(*, invitation: Invitation, user) -> TenantMembership:
     """Join the invitation's tenant as `user` (the invited email's account); the invitation is used up. Raises
     PortalError if it was used (also concurrently), expired, or `user` is not the invited address."""

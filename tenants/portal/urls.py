@@ -17,6 +17,7 @@ urlpatterns = [
     path("members/", members.MemberListView.as_view(), name="members"),
     path("members/<int:pk>/role/", members.MemberRoleView.as_view(), name="member-role"),
     path("members/<int:pk>/remove/", members.MemberRemoveView.as_view(), name="member-remove"),
+    path("members/invitations/<int:pk>/cancel/", members.InvitationCancelView.as_view(), name="invitation-cancel"),
     path("invitations/<str:token>/", account.InvitationAcceptView.as_view(), name="invitation"),
     path("audit/", audit.AuditLogView.as_view(), name="audit-log"),
 ]

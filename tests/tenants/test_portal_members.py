@@ -171,3 +171,21 @@ def test_member_changes_are_in_the_audit_log(owner_client, owner, member, portal
         ("owner@acme.example", "member.role_changed", "member@acme.example", {"from": "member", "to": "admin"}),
         ("owner@acme.example", "member.removed", "member@acme.example", {"role": "admin"}),
     ]
+
+
+def test_a_pending_invitation_can_be_withdrawn(owner_client, member_client, portal_tenant, other_tenant):
+    link = _invite(owner_client)
+    invitation = Invitation.objects.get()
+    assert member_client.post(f"/portal/members/invitations/{invitation.pk}/cancel/").status_code == 403
+    assert Client().get(link).status_code == 200
+
+    response = owner_client.post(f"/portal/members/invitations/{invitation.pk}/cancel/", follow=True)
+    assert "is withdrawn" in response.content.decode()
+    assert Client().get(link).status_code == 404
+    assert AuditLogEntry.objects.filter(tenant=portal_tenant, action="member.invitation_cancelled").count() == 1
+
+    from tenants.services import member_invite
+    theirs = member_invite(actor=other_tenant.memberships.get(), email="x@globex.example", role="member",
+                           accept_url=lambda token: token)
+    assert owner_client.post(f"/portal/members/invitations/{theirs.pk}/cancel/").status_code == 404
+    assert Invitation.objects.get(pk=theirs.pk).is_usable()

@@ -4,7 +4,7 @@ from django.urls import reverse
 from django.views import View
 
 from tenants import selectors, services
-from tenants.models import TenantMembership
+from tenants.models import Invitation, TenantMembership
 from tenants.portal.forms import InviteForm, RoleForm
 from tenants.portal.mixins import TenantPortalMixin
 
@@ -76,4 +76,17 @@ class MemberRemoveView(TenantPortalMixin, View):
             messages.error(request, str(error))
         else:
             messages.success(request, f"{member.user.email} no longer belongs to {self.tenant.name}.")
+        return redirect("portal:members")
+
+
+class InvitationCancelView(TenantPortalMixin, View):
+    def post(self, request, pk):
+        invitation = self.tenant_object_or_404(Invitation, pk=pk)
+        self.require_manager()
+        try:
+            services.invitation_cancel(actor=self.membership, invitation=invitation)
+        except services.PortalError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"The invitation to {invitation.email} is withdrawn: its link no longer works.")
         return redirect("portal:members")
