@@ -167,9 +167,35 @@ def bad_request_handler(request, exception=None):
     return error_response("bad_request", "The request is malformed.", 400)
 
 
+# Pages for people (the tenant-staff portal) get HTML error pages; everything else, the one JSON error shape.
+PORTAL_PREFIX = "/portal/"
+
+
+def _portal_page(request, template: str, status_code: int, context=None):
+    if not request.path.startswith(PORTAL_PREFIX):
+        return None
+    from django.shortcuts import render
+
+    try:
+        return render(request, template, context or {}, status=status_code)
+    except Exception:  # a page that cannot render (the database is down...) still answers, plainly
+        from django.http import HttpResponse
+
+        return HttpResponse(f"<!DOCTYPE html><title>Error {status_code}</title><h1>Error {status_code}</h1>",
+                            status=status_code)
+
+
+def permission_denied_handler(request, exception=None):
+    message = str(exception) if exception and str(exception) else "You may not do this."
+    return _portal_page(request, "portal/403.html", 403, {"message": message}) or error_response(
+        "permission_denied", message, 403)
+
+
 def not_found_handler(request, exception=None):
-    return error_response("not_found", f"No such endpoint: {request.path}", 404)
+    return _portal_page(request, "portal/404.html", 404) or error_response(
+        "not_found", f"No such endpoint: {request.path}", 404)
 
 
 def server_error_handler(request):
-    return error_response("internal_error", "The server failed on this request; it has been logged.", 500)
+    return _portal_page(request, "portal/500.html", 500) or error_response(
+        "internal_error", "The server failed on this request; it has been logged.", 500)

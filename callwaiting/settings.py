@@ -66,6 +66,13 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: /docs works offline
     "channels",
+    # The tenant-staff portal (/portal/): accounts with optional TOTP two-factor, htmx, tables and filters.
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "django_htmx",
+    "django_tables2",
+    "django_filters",
     "tenants",
     "voices",
     "synthesis",
@@ -79,6 +86,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "callwaiting.urls"
@@ -94,6 +103,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.portal.context.portal",
             ],
         },
     },
@@ -158,6 +168,41 @@ else:
 
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", True)
+
+# --- the tenant-staff portal (/portal/): accounts by django-allauth -------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",  # the admin's username login
+    "allauth.account.auth_backends.AuthenticationBackend",  # the portal's email login
+]
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "portal:dashboard"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+# Staff log in by email; nobody signs up (they are invited by a tenant's owner or admin, or created by an operator
+# with `manage.py create_staff_user`), so an address is known to be theirs and needs no verification round.
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_ADAPTER = "tenants.portal.adapter.PortalAccountAdapter"
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[CallWaiting TTS] "
+ACCOUNT_PASSWORD_RESET_BY_CODE_ENABLED = False
+# Optional two-factor: TOTP apps, with recovery codes for a lost phone.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "CallWaiting TTS")
+# How long an invitation link to join a tenant may be used (single use).
+PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
+# Portal pages behind a proxy: session and CSRF cookies only over HTTPS when it says so.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+
+# --- email (invitations, password reset): printed to the console unless an SMTP server is configured -----------
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "CallWaiting TTS <noreply@localhost>")
 
 # --- i18n, static -----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

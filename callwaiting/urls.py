@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from callwaiting.openapi import SchemaView
@@ -30,8 +30,11 @@ urlpatterns = [
     # Before admin.site.urls: an operators' page of the admin that is not a model (staff login required).
     path("admin/workers/", workers_admin_view, name="admin-workers"),
     path("admin/", admin.site.urls),
+    path("portal/accounts/", include("allauth.urls")),
+    path("portal/", include("tenants.portal.urls")),
 ]
 
 handler400 = "callwaiting.errors.bad_request_handler"
+handler403 = "callwaiting.errors.permission_denied_handler"
 handler404 = "callwaiting.errors.not_found_handler"
 handler500 = "callwaiting.errors.server_error_handler"

@@ -34,11 +34,15 @@ class Tenant(models.Model):
 
 
 class TenantMembership(models.Model):
-    """A Django user who may manage a tenant in the portal."""
+    """A Django user who may manage a tenant in the portal. Owners and admins manage keys and members (only owners
+    grant or take away the owner role); members see everything and change nothing."""
 
     class Role(models.TextChoices):
         OWNER = "owner"
+        ADMIN = "admin"
         MEMBER = "member"
+
+    MANAGER_ROLES = (Role.OWNER, Role.ADMIN)
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
@@ -49,6 +53,62 @@ class TenantMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.tenant}"
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role in self.MANAGER_ROLES
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == self.Role.OWNER
+
+
+class Invitation(models.Model):
+    """An invitation to join a tenant, sent by email as a link holding a token: only the token's hash is stored,
+    and the link works once, until `expires_at`."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=TenantMembership.Role.choices, default=TenantMembership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} -> {self.tenant} ({self.role})"
+
+    def is_usable(self, now=None) -> bool:
+        return self.accepted_at is None and self.expires_at > (now or timezone.now())
+
+
+class AuditLogEntry(models.Model):
+    """A staff action on a tenant (key created or revoked, member invited, role changed...), append-only. The
+    actor's email is kept as it was, so the entry still says who once the user is gone."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="audit_log")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor_email = models.CharField(max_length=254, blank=True)
+    action = models.CharField(max_length=64, help_text="e.g. api_key.created, member.invited")
+    target = models.CharField(max_length=200, blank=True, help_text="What was acted on, as staff would name it.")
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="audit_tenant_created")]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_email} {self.action} {self.target}"
 
 
 class Scope(models.TextChoices):

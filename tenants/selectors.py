@@ -6,7 +6,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from tenants import keys
-from tenants.models import ApiKey, Tenant, UsageRecord
+from tenants.models import ApiKey, AuditLogEntry, Invitation, Tenant, TenantMembership, UsageRecord
 
 
 class KeyRejected(Exception):
@@ -159,3 +159,37 @@ def tenant_month_summary(*, tenant: Tenant) -> dict:
         "quota_left": None if quota is None else max(quota - used, 0),
         "quota_used_percent": None if not quota else round(100 * used / quota, 1),
     }
+
+
+# --- the tenant-staff portal ------------------------------------------------------------------------------------
+
+def user_memberships(*, user):
+    """The tenants a staff user belongs to (active or suspended), by name."""
+    return TenantMembership.objects.filter(user=user).select_related("tenant").order_by("tenant__name", "tenant__slug")
+
+
+def api_keys_with_usage_this_month(*, tenant: Tenant):
+    """The tenant's keys, newest first, each with `requests_this_month` and `characters_this_month`."""
+    this_month = Q(usage_records__created_at__gte=month_start())
+    return tenant.api_keys.annotate(
+        requests_this_month=Count("usage_records", filter=this_month),
+        characters_this_month=Sum("usage_records__characters", filter=this_month),
+    ).order_by("revoked_at", "-created_at")
+
+
+def tenant_members(*, tenant: Tenant):
+    return tenant.memberships.select_related("user").order_by("user__email")
+
+
+def tenant_pending_invitations(*, tenant: Tenant):
+    return tenant.invitations.filter(accepted_at__isnull=True, expires_at__gt=timezone.now()).order_by("-created_at")
+
+
+def invitation_by_token(*, token: str) -> Invitation | None:
+    """The invitation a link's token opens, if it can still be used."""
+    invitation = Invitation.objects.select_related("tenant").filter(token_hash=keys.hash_secret(token or "")).first()
+    return invitation if invitation is not None and invitation.is_usable() else None
+
+
+def tenant_audit_log(*, tenant: Tenant):
+    return AuditLogEntry.objects.filter(tenant=tenant)

@@ -1,14 +1,21 @@
 """Writes over tenants, keys and usage."""
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.core.mail import send_mail
 from django.db import transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from tenants import keys, selectors
-from tenants.models import ApiKey, Scope, Tenant, UsageRecord
+from tenants.models import ApiKey, AuditLogEntry, Invitation, Scope, Tenant, TenantMembership, UsageRecord
+
+Role = TenantMembership.Role
 
 # last_used_at is informational: refreshing it at most once a minute keeps a write off every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -42,7 +49,8 @@ def validate_scopes(scopes) -> list[str]:
     return [scope for scope in Scope.values if scope in set(scopes)]
 
 
-def api_key_issue(*, tenant: Tenant, kind: str, scopes, name: str = "", expires_at=None) -> IssuedKey:
+def api_key_issue(*, tenant: Tenant, kind: str, scopes, name: str = "", expires_at=None, actor=None) -> IssuedKey:
+    """A new key; `actor` (a staff user in the portal) is recorded in the tenant's audit log."""
     scopes = validate_scopes(scopes)
     plaintext, parsed = keys.generate_key(kind)
     api_key = ApiKey.objects.create(
@@ -55,14 +63,23 @@ def api_key_issue(*, tenant: Tenant, kind: str, scopes, name: str = "", expires_
         scopes=scopes,
         expires_at=expires_at,
     )
+    if actor is not None:
+        audit_record(tenant=tenant, actor=actor, action="api_key.created", target=_key_label(api_key),
+                     details={"kind": kind, "scopes": scopes})
     return IssuedKey(api_key=api_key, plaintext=plaintext)
 
 
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, actor=None) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        if actor is not None:
+            audit_record(tenant=api_key.tenant, actor=actor, action="api_key.revoked", target=_key_label(api_key))
     return api_key
+
+
+def _key_label(api_key: ApiKey) -> str:
+    return f"{api_key.name or 'unnamed'} ({api_key.display_prefix}…{api_key.last_four})"
 
 
 def api_key_mark_used(*, api_key: ApiKey) -> None:
@@ -125,3 +142,156 @@ def usage_record(*, request_id, tenant_id: int, api_key_id: int | None, **fields
                     setattr(row, name, value)
         row.save()
         return row
+
+
+# --- the tenant-staff portal: audit log, staff users, members and invitations ---------------------------------
+
+class PortalError(Exception):
+    """A staff action that is not allowed as asked; the message is shown on the page."""
+
+
+def audit_record(*, tenant: Tenant, actor, action: str, target: str = "", details: dict | None = None) -> AuditLogEntry:
+    """Append a staff action to the tenant's audit log. `actor` is the user who acted (None: an operator or the
+    system); `action` a dotted name such as api_key.created; `target` what was acted on, as staff would name it."""
+    return AuditLogEntry.objects.create(
+        tenant=tenant,
+        actor=actor if getattr(actor, "pk", None) else None,
+        actor_email=getattr(actor, "email", "") or "",
+        action=action,
+        target=target[:200],
+        details=details or {},
+    )
+
+
+def staff_user_get_or_create(*, email: str, password: str | None = None):
+    """The staff user with this email (created if new; a given password is set either way). Their email address
+    is recorded with allauth as verified: staff are invited or created by an operator, never sign up."""
+    from allauth.account.models import EmailAddress
+
+    email = email.strip().lower()
+    User = get_user_model()
+    user = User.objects.filter(email__iexact=email).first()
+    if user is None:
+        user = User(username=email[:150], email=email)
+        user.set_password(password) if password else user.set_unusable_password()
+        user.save()
+    elif password:
+        user.set_password(password)
+        user.save(update_fields=["password"])
+    if not EmailAddress.objects.filter(user=user, email__iexact=email).exists():
+        EmailAddress.objects.create(user=user, email=email, verified=True,
+                                    primary=not EmailAddress.objects.filter(user=user, primary=True).exists())
+    return user
+
+
+def membership_set(*, tenant: Tenant, user, role: str) -> TenantMembership:
+    """Make `user` a member of `tenant` with `role` (an operator's or an invitation's doing)."""
+    if role not in Role.values:
+        raise PortalError(f"unknown role {role!r}; expected one of {', '.join(Role.values)}")
+    membership, _ = TenantMembership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
+    return membership
+
+
+def _may_assign(actor: TenantMembership, role: str, current_role: str | None = None) -> None:
+    if not actor.is_manager:
+        raise PortalError("Only owners and admins manage members.")
+    if Role.OWNER in (role, current_role) and not actor.is_owner:
+        raise PortalError("Only owners grant or take away the owner role.")
+
+
+def member_invite(*, actor: TenantMembership, email: str, role: str, accept_url: Callable[[str], str]) -> Invitation:
+    """Invite `email` to the actor's tenant with `role`: an email with a link that works once, for
+    PORTAL_INVITATION_DAYS. Only the token's hash is stored; `accept_url(token)` makes the link."""
+    tenant = actor.tenant
+    email = email.strip().lower()
+    _may_assign(actor, role)
+    if tenant.memberships.filter(user__email__iexact=email).exists():
+        raise PortalError(f"{email} is already a member of {tenant.name}.")
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        tenant=tenant, email=email, role=role, token_hash=keys.hash_secret(token), invited_by=actor.user,
+        expires_at=timezone.now() + timedelta(days=settings.PORTAL_INVITATION_DAYS),
+    )
+    context = {"invitation": invitation, "url": accept_url(token), "inviter": actor.user}
+    send_mail(
+        subject=f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}You are invited to {tenant.name}",
+        message=render_to_string("portal/email/invitation.txt", context),
+        from_email=None,
+        recipient_list=[email],
+    )
+    audit_record(tenant=tenant, actor=actor.user, action="member.invited", target=email, details={"role": role})
+    return invitation
+
+
+def invitation_cancel(*, actor: TenantMembership, invitation: Invitation) -> Invitation:
+    """Withdraw a pending invitation (sent to a wrong address...): its link stops working at once."""
+    _may_assign(actor, invitation.role)
+    if invitation.is_usable():
+        invitation.expires_at = timezone.now()
+        invitation.save(update_fields=["expires_at"])
+        audit_record(tenant=invitation.tenant, actor=actor.user, action="member.invitation_cancelled",
+                     target=invitation.email, details={"role": invitation.role})
+    return invitation
+
+
+def invitation_accept(*, invitation: Invitation, user) -> TenantMembership:
+    """Join the invitation's tenant as `user` (the invited email's account); the invitation is used up. Raises
+    PortalError if it was used (also concurrently), expired, or `user` is not the invited address."""
+    if user.email.lower() != invitation.email.lower():
+        raise PortalError(f"This invitation is for {invitation.email}; you are logged in as {user.email}.")
+    with transaction.atomic():
+        # Single use even when the link is opened twice at once: only one update finds it unaccepted.
+        taken = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True,
+                                          expires_at__gt=timezone.now()).update(accepted_at=timezone.now(),
+                                                                                accepted_by=user)
+        if not taken:
+            raise PortalError("This invitation has expired or has already been used.")
+        existing = TenantMembership.objects.filter(tenant=invitation.tenant, user=user).first()
+        # An invitation never lowers the role of someone who is already a member.
+        membership = existing or membership_set(tenant=invitation.tenant, user=user, role=invitation.role)
+        audit_record(tenant=invitation.tenant, actor=user, action="member.joined", target=user.email,
+                     details={"role": membership.role})
+    return membership
+
+
+def invitation_accept_as_new_user(*, invitation: Invitation, password: str) -> TenantMembership:
+    """Accept for an email that has no account yet: the account is created with `password`."""
+    with transaction.atomic():
+        user = staff_user_get_or_create(email=invitation.email)
+        if user.has_usable_password():
+            raise PortalError("An account with this email exists already: log in to accept the invitation.")
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        return invitation_accept(invitation=invitation, user=user)
+
+
+def _other_owners_exist(membership: TenantMembership) -> bool:
+    owners = TenantMembership.objects.select_for_update().filter(tenant=membership.tenant, role=Role.OWNER)
+    return any(owner.pk != membership.pk for owner in owners)
+
+
+def member_set_role(*, actor: TenantMembership, membership: TenantMembership, role: str) -> TenantMembership:
+    """Change a member's role; a tenant always keeps at least one owner."""
+    if role not in Role.values:
+        raise PortalError(f"Unknown role {role!r}.")
+    _may_assign(actor, role, membership.role)
+    with transaction.atomic():
+        if membership.role == Role.OWNER and role != Role.OWNER and not _other_owners_exist(membership):
+            raise PortalError("A tenant needs an owner: make someone else owner first.")
+        previous = membership.role
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit_record(tenant=membership.tenant, actor=actor.user, action="member.role_changed",
+                     target=membership.user.email, details={"from": previous, "to": role})
+    return membership
+
+
+def member_remove(*, actor: TenantMembership, membership: TenantMembership) -> None:
+    """Remove a member from the tenant (their user stays: they may belong to other tenants); never the last owner."""
+    _may_assign(actor, membership.role, membership.role)
+    with transaction.atomic():
+        if membership.role == Role.OWNER and not _other_owners_exist(membership):
+            raise PortalError("The last owner cannot be removed: make someone else owner first.")
+        membership.delete()
+        audit_record(tenant=membership.tenant, actor=actor.user, action="member.removed",
+                     target=membership.user.email, details={"role": membership.role})

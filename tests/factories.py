@@ -1,3 +1,5 @@
+import itertools
+
 import factory
 import numpy as np
 
@@ -46,3 +48,21 @@ def voice_like(seconds: float = 4.0, rate: int = 22050, seed: int = 0) -> np.nda
     phase = 2 * np.pi * np.cumsum(f0) / rate
     tone = sum(np.sin(k * phase) / k for k in range(1, 8))
     return (0.2 * tone / np.max(np.abs(tone)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+STAFF_PASSWORD = "correct horse battery staple"
+_staff_numbers = itertools.count(1)
+
+
+def staff_member(tenant=None, role="owner", email=None, password=STAFF_PASSWORD):
+    """A portal user who is `role` of `tenant` (a new tenant unless one is given): their TenantMembership. An
+    existing user (same email) keeps their password."""
+    from django.contrib.auth import get_user_model
+
+    from tenants.services import membership_set, staff_user_get_or_create
+
+    tenant = tenant or TenantFactory()
+    email = email or f"{role}-{next(_staff_numbers)}@{tenant.slug}.example"
+    exists = get_user_model().objects.filter(email__iexact=email).exists()
+    user = staff_user_get_or_create(email=email, password=None if exists else password)
+    return membership_set(tenant=tenant, user=user, role=role)
