@@ -31,6 +31,7 @@ bench: install
 	$(PY) bench/phrase_cache.py
 	$(PY) bench/xtts_vocoder.py
 	$(PY) bench/xtts_batch.py
+	$(PY) bench/formats.py
 
 # 20 streams for 1 minute against a topology it starts (DATABASE_URL, REDIS_URL); LOAD_ARGS for more, e.g.
 # make load LOAD_ARGS="--streams 100 --minutes 5" (see README, Performance).
