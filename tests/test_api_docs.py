@@ -36,7 +36,8 @@ def _v1_routes(patterns, prefix=""):
         route = prefix + str(pattern.pattern)
         if isinstance(pattern, URLResolver):
             yield from _v1_routes(pattern.url_patterns, route)
-        elif isinstance(pattern, URLPattern) and route.startswith("v1/") and route != "v1/schema":
+        elif isinstance(pattern, URLPattern) and route.lstrip("^").startswith("v1/") and route != "v1/schema":
+            route = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", route.lstrip("^").rstrip("$"))  # re_path's groups
             yield "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
 
 

@@ -63,7 +63,7 @@ SCENARIOS = {
 }
 CREDENTIALS = [
     "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "METRICS_TOKEN",
+    "METRICS_TOKEN", "EMAIL_HOST_PASSWORD",
 ]
 APP_COMPONENTS = ["web", "worker", "celery", "celery-beat", "migrate"]
 

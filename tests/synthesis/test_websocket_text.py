@@ -217,7 +217,7 @@ def test_more_than_sixteen_sentences_waiting_get_4429(key, engine_tap):
     "message, close_code, code",
     [
         ({"type": "text", "text": "Hi.", "speed": 9}, 4400, "invalid_request"),
-        ({"type": "text", "text": "Hi.", "format": "mp3"}, 4400, "invalid_request"),
+        ({"type": "text", "text": "Hi.", "format": "ogg"}, 4400, "invalid_request"),
         ({"type": "text", "text": "Hi.", "speed": "nan"}, 4400, "invalid_request"),
         ({"type": "text"}, 4400, "invalid_request"),
         ({"type": "text", "text": "Hi.", "flush": "maybe"}, 4400, "invalid_request"),

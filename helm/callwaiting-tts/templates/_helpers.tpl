@@ -122,7 +122,7 @@ env:
       secretKeyRef:
         name: {{ include "callwaiting-tts.secretName" . }}
         key: REDIS_URL
-  {{- range list "CELERY_BROKER_URL" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "METRICS_TOKEN" }}
+  {{- range list "CELERY_BROKER_URL" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "METRICS_TOKEN" "EMAIL_HOST_PASSWORD" }}
   - name: {{ . }}
     valueFrom:
       secretKeyRef:
