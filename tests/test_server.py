@@ -282,4 +282,7 @@ def test_a_websocket_listener_that_resets_after_the_audio_was_made_is_billed_for
 
     [(status, seconds)] = _until(row, timeout=20)
     assert status == "client_disconnected"
-    assert seconds < received / 2 / 22050 + 3
+    # Billed for what reached the client's machine, as the server can tell (SIOCOUTQ): at least what the test read,
+    # plus what waited in its socket buffer and in the websockets library, which on a busy machine is a few
+    # seconds of audio: far from the whole clip (over a minute) a success would bill.
+    assert received / 2 / 22050 - 0.01 <= seconds < 0.2 * len(" ".join(LONG_TEXT.split(". ")[:25])) / 15
