@@ -131,3 +131,9 @@ def test_a_failing_check_never_loses_the_usage_row(quota_tenant, monkeypatch, sp
     monkeypatch.setattr(services, "quota_alerts_check", broken)
     row = spend(quota_tenant, 900)
     assert UsageRecord.objects.filter(pk=row.pk).exists() and mail.outbox == []
+
+
+def test_operators_see_the_alerts_sent(quota_tenant, spend, admin_client):
+    spend(quota_tenant, 850)
+    page = admin_client.get("/admin/tenants/quotaalert/").content.decode()
+    assert str(quota_tenant) in page and ">80<" in page
