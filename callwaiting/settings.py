@@ -194,8 +194,8 @@ MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "CallWaiting TTS")
 # How long an invitation link to join a tenant may be used (single use).
 PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
 # Owners are emailed once a month for each of these percentages of the monthly character quota that usage passes
-# ("" turns the emails off); the dashboard's warning banner starts at the lowest.
-TTS_QUOTA_ALERT_PERCENTS = sorted({int(p) for p in env_list("TTS_QUOTA_ALERT_PERCENTS", "80,100") if 0 < int(p) <= 1000})
+# ("" turns the emails off); the dashboard's warning banner starts at the lowest one under 100.
+TTS_QUOTA_ALERT_PERCENTS = sorted({int(p) for p in env_list("TTS_QUOTA_ALERT_PERCENTS", "80,100") if 0 < int(p) <= 999})
 # Portal pages behind a proxy: session and CSRF cookies only over HTTPS when it says so.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 

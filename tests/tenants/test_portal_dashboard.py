@@ -21,7 +21,8 @@ def usage(tenant, *, days_ago=0, api_key=None, **fields):
 
 
 def payload(response) -> dict:
-    match = re.search(r'<script id="dashboard-data" type="application/json">(.*?)</script>', response.content.decode(), re.S)
+    page = response.content.decode()
+    match = re.search(r'<script id="dashboard-data" type="application/json">(.*?)</script>', page, re.S)
     assert match, "the dashboard's chart data is missing"
     return json.loads(match.group(1))
 
@@ -106,3 +107,13 @@ def test_the_dashboard_needs_a_login_and_a_membership(client, django_user_model)
     outsider = django_user_model.objects.create_user(username="x@example.com", email="x@example.com", password="p")
     client.force_login(outsider, backend="allauth.account.auth_backends.AuthenticationBackend")
     assert client.get("/portal/").status_code == 403
+
+
+def test_the_warning_starts_at_the_lowest_alert_threshold(owner_client, portal_tenant, settings):
+    settings.TTS_QUOTA_ALERT_PERCENTS = [50, 90, 100]
+    portal_tenant.monthly_character_quota = 1000
+    portal_tenant.save()
+    usage(portal_tenant, characters=499)
+    assert "quota-ok" in quota_section(owner_client.get("/portal/"))
+    usage(portal_tenant, characters=1)
+    assert "50.0% of the monthly quota is used" in quota_section(owner_client.get("/portal/"))

@@ -41,8 +41,10 @@ def use(tenant, characters, *, django_capture_on_commit_callbacks, status="succe
 
 @pytest.fixture
 def spend(django_capture_on_commit_callbacks):
-    return lambda tenant, characters, **fields: use(tenant, characters, **fields,
-                                                    django_capture_on_commit_callbacks=django_capture_on_commit_callbacks)
+    def spend(tenant, characters, **fields):
+        return use(tenant, characters, django_capture_on_commit_callbacks=django_capture_on_commit_callbacks, **fields)
+
+    return spend
 
 
 def test_owners_are_emailed_once_per_threshold(quota_tenant, spend):

@@ -76,7 +76,8 @@ class UsageExportView(TenantPortalMixin, View):
                 yield writer.writerow([_cell(value(row)) for _, value in CSV_COLUMNS])
 
         filename = f"usage-{self.tenant.slug}-{timezone.now():%Y%m%d-%H%M%S}.csv"
+        refused = usage_filter.is_bound and not usage_filter.form.is_valid()  # the header only, no rows
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8",
-                                         status=400 if usage_filter.is_bound and not usage_filter.form.is_valid() else 200)
+                                         status=400 if refused else 200)
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
