@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # the portal's figures (intcomma)
     "rest_framework",
     "corsheaders",  # its system checks; the middleware is mounted on the API's handler only (callwaiting/middleware.py)
     "drf_spectacular",
@@ -192,6 +193,9 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "CallWaiting TTS")
 # How long an invitation link to join a tenant may be used (single use).
 PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
+# Owners are emailed once a month for each of these percentages of the monthly character quota that usage passes
+# ("" turns the emails off); the dashboard's warning banner starts at the lowest one under 100.
+TTS_QUOTA_ALERT_PERCENTS = sorted({int(p) for p in env_list("TTS_QUOTA_ALERT_PERCENTS", "80,100") if 0 < int(p) <= 999})
 # Portal pages behind a proxy: session and CSRF cookies only over HTTPS when it says so.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 

@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
-from tenants.models import ApiKey, Scope, Tenant, TenantMembership, UsageRecord
+from tenants.models import ApiKey, QuotaAlert, Scope, Tenant, TenantMembership, UsageRecord
 from tenants.selectors import month_start, tenant_month_summary
 from tenants.services import api_key_issue, api_key_revoke, tenant_set_active, validate_scopes
 
@@ -266,4 +266,20 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     # Note: this also stops deleting a tenant that has usage in the admin; suspend it instead.
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(QuotaAlert)
+class QuotaAlertAdmin(admin.ModelAdmin):
+    """The quota thresholds tenants passed and when their owners were emailed. Read-only; deleting one lets it be
+    sent again if usage passes it again this month."""
+
+    list_display = ["tenant", "month", "percent", "characters_used", "quota", "created_at", "emailed_at"]
+    list_filter = ["percent", "month", "tenant"]
+    list_select_related = ["tenant"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -111,6 +111,28 @@ class AuditLogEntry(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_email} {self.action} {self.target}"
 
 
+class QuotaAlert(models.Model):
+    """A monthly-quota threshold a tenant passed: one row per tenant, month and threshold, so its owners are
+    emailed once for each (the unique constraint settles a race between two requests crossing it together)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quota_alerts")
+    month = models.DateField(help_text="The first day of the month (UTC) whose quota was passed.")
+    percent = models.PositiveSmallIntegerField(help_text="The threshold passed, in percent of the monthly quota.")
+    characters_used = models.PositiveBigIntegerField(help_text="Characters billed this month when it was passed.")
+    quota = models.PositiveBigIntegerField(help_text="The monthly quota then.")
+    created_at = models.DateTimeField(default=timezone.now)
+    emailed_at = models.DateTimeField(null=True, blank=True, help_text="When its owners were emailed.")
+
+    class Meta:
+        ordering = ["-created_at", "-percent"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month", "percent"], name="quota_alert_once_per_month"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.month:%Y-%m} {self.percent}%"
+
+
 class Scope(models.TextChoices):
     SYNTHESIZE = "synthesize"
     VOICES = "voices"

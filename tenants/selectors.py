@@ -1,6 +1,7 @@
 """Reads over tenants, keys and usage."""
 from datetime import datetime, timedelta, timezone as dt_timezone
 
+from django.conf import settings
 from django.db.models import Avg, Count, Max, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -193,3 +194,97 @@ def invitation_by_token(*, token: str) -> Invitation | None:
 
 def tenant_audit_log(*, tenant: Tenant):
     return AuditLogEntry.objects.filter(tenant=tenant)
+
+
+# --- the portal's dashboard and usage log -----------------------------------------------------------------------
+
+DASHBOARD_PERIODS = (7, 30, 90)  # days the dashboard may show, ending today (UTC)
+
+
+def _chart_row(row: dict) -> dict:
+    """One day's, voice's or key's aggregates as the dashboard charts them."""
+    clean = _clean(row)
+    return {
+        "requests": clean["requests"],
+        "characters": clean["characters"],
+        "audio_minutes": round(clean["audio_seconds"] / 60, 2),
+        "errors": clean["errors"],
+        "cached": clean["cached"],
+        "ttfa_avg_ms": clean["time_to_first_audio_ms"]["avg"],
+    }
+
+
+def _key_label(name: str | None, last_four: str | None) -> str:
+    if last_four is None:
+        return "(deleted key)"
+    return f"{name or 'unnamed'} …{last_four}"
+
+
+def tenant_dashboard(*, tenant: Tenant, days: int = 30, today=None) -> dict:
+    """The tenant's usage over the last `days` days up to and including today (UTC): totals, a row for every day
+    (days without requests are zeros, so the charts' axes are even), by voice and by API key (most requests
+    first); the same aggregates as /v1/tenant/stats. Time to first audio is the average of the requests that
+    had one."""
+    today = today or timezone.now().astimezone(dt_timezone.utc).date()
+    first_day = today - timedelta(days=days - 1)
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=dt_timezone.utc)
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=dt_timezone.utc)
+    rows = UsageRecord.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end)
+    aggregates = _usage_aggregates()
+    per_day = {
+        row["day"]: _chart_row(row)
+        for row in rows.annotate(day=TruncDate("created_at", tzinfo=dt_timezone.utc)).values("day")
+        .annotate(**aggregates).order_by("day")
+    }
+    empty = _chart_row({name: None for name in aggregates})
+    by_voice = rows.values("voice_id").annotate(**aggregates).order_by("-requests", "voice_id")
+    by_key = rows.values("api_key_id", "api_key__name", "api_key__last_four").annotate(**aggregates).order_by(
+        "-requests", "api_key_id"
+    )
+    return {
+        "days": days,
+        "start": first_day.isoformat(),
+        "end": today.isoformat(),
+        "totals": _chart_row(rows.aggregate(**aggregates)),
+        "by_day": [
+            {"date": (first_day + timedelta(days=n)).isoformat(), **per_day.get(first_day + timedelta(days=n), empty)}
+            for n in range(days)
+        ],
+        "by_voice": [{"voice_id": row["voice_id"] or "(none)", **_chart_row(row)} for row in by_voice],
+        "by_key": [
+            {"api_key": _key_label(row["api_key__name"], row["api_key__last_four"]), **_chart_row(row)}
+            for row in by_key
+        ],
+    }
+
+
+def tenant_quota_status(*, tenant: Tenant) -> dict:
+    """This month's quota as the dashboard shows it: used, left, percent and a level, "ok", "warning" (from the
+    lowest TTS_QUOTA_ALERT_PERCENTS threshold, 80% by default) or "exhausted" (100%); level "none" without a
+    quota."""
+    summary = tenant_month_summary(tenant=tenant)
+    percent = summary["quota_used_percent"]
+    warn_from = min([p for p in settings.TTS_QUOTA_ALERT_PERCENTS if p < 100] or [80])
+    if percent is None:
+        level = "none"
+    elif percent >= 100:
+        level = "exhausted"
+    elif percent >= warn_from:
+        level = "warning"
+    else:
+        level = "ok"
+    return {**summary, "level": level, "warn_from_percent": warn_from,
+            "resets_at": next_month_start()}
+
+
+def tenant_usage_log(*, tenant: Tenant):
+    """The tenant's usage rows, newest first, with their keys: what the usage page filters and exports."""
+    return UsageRecord.objects.filter(tenant=tenant).select_related("api_key").order_by("-created_at", "-id")
+
+
+def tenant_usage_voice_ids(*, tenant: Tenant) -> list[str]:
+    """The voice ids the tenant's usage rows name (its own voices may be gone since), for the usage filter."""
+    return list(
+        UsageRecord.objects.filter(tenant=tenant).exclude(voice_id="").values_list("voice_id", flat=True)
+        .distinct().order_by("voice_id")
+    )

@@ -1,4 +1,5 @@
 """Writes over tenants, keys and usage."""
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,12 +9,16 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from tenants import keys, selectors
-from tenants.models import ApiKey, AuditLogEntry, Invitation, Scope, Tenant, TenantMembership, UsageRecord
+from tenants.models import (
+    ApiKey, AuditLogEntry, Invitation, QuotaAlert, Scope, Tenant, TenantMembership, UsageRecord,
+)
+
+logger = logging.getLogger(__name__)
 
 Role = TenantMembership.Role
 
@@ -133,15 +138,86 @@ def usage_record(*, request_id, tenant_id: int, api_key_id: int | None, **fields
         row, created = UsageRecord.objects.select_for_update().get_or_create(
             tenant_id=tenant_id, request_id=request_id, defaults={"api_key_id": api_key_id, **fields}
         )
-        if created:
-            return row
-        row.attempts += 1
-        if _OUTCOME_RANK[fields["status"]] >= _OUTCOME_RANK[row.status]:
-            for name, value in {"api_key_id": api_key_id, **fields}.items():
-                if value or name != "request_fingerprint":  # an early refusal knows no fingerprint
-                    setattr(row, name, value)
-        row.save()
-        return row
+        if not created:
+            row.attempts += 1
+            if _OUTCOME_RANK[fields["status"]] >= _OUTCOME_RANK[row.status]:
+                for name, value in {"api_key_id": api_key_id, **fields}.items():
+                    if value or name != "request_fingerprint":  # an early refusal knows no fingerprint
+                        setattr(row, name, value)
+            row.save()
+    if row.characters and row.status != UsageRecord.Status.ERROR:  # only billed rows move the quota
+        try:
+            quota_alerts_check(tenant_id=tenant_id)
+        except Exception:
+            # An alert is never worth a lost usage row (the caller retries the write on a database error).
+            logger.exception("tenant %s: quota alerts not checked", tenant_id)
+    return row
+
+
+# --- quota alerts: owners emailed once a month for each threshold (TTS_QUOTA_ALERT_PERCENTS) passed -------------
+
+def quota_alerts_check(*, tenant_id: int) -> list[QuotaAlert]:
+    """Record each threshold of the monthly quota that the tenant's usage has passed and that was not recorded yet
+    this month, and email its owners once the rows are committed. Cheap for the usual request: a tenant without a
+    quota costs one lookup, one whose thresholds are all recorded this month two; the month is summed only
+    otherwise. Returns the alerts recorded now (a concurrent request that records one first wins it)."""
+    quota = Tenant.objects.filter(pk=tenant_id).values_list("monthly_character_quota", flat=True).first()
+    thresholds = settings.TTS_QUOTA_ALERT_PERCENTS
+    if not quota or not thresholds:
+        return []
+    month = selectors.month_start().date()
+    recorded = set(QuotaAlert.objects.filter(tenant_id=tenant_id, month=month).values_list("percent", flat=True))
+    pending = [percent for percent in thresholds if percent not in recorded]
+    if not pending:
+        return []
+    tenant = Tenant.objects.get(pk=tenant_id)
+    used = selectors.tenant_characters_this_month(tenant=tenant)
+    passed = [percent for percent in pending if used * 100 >= percent * quota]
+    alerts = []
+    for percent in passed:
+        try:
+            with transaction.atomic():
+                alerts.append(QuotaAlert.objects.create(
+                    tenant=tenant, month=month, percent=percent, characters_used=used, quota=quota
+                ))
+        except IntegrityError:
+            pass  # another request passed it at the same moment and recorded it
+    if alerts:
+        from tenants.tasks import quota_alert_email_task
+
+        # One email for the highest threshold passed: usage that jumps from 70% to 100% says so once.
+        highest = alerts[-1].pk
+        transaction.on_commit(lambda: quota_alert_email_task.delay(highest), robust=True)
+    return alerts
+
+
+def quota_alert_email(*, alert_id: int) -> int:
+    """Email the tenant's owners that its usage passed the alert's threshold; idempotent (a redelivered task sends
+    nothing again). Returns the number of recipients."""
+    with transaction.atomic():
+        alert = QuotaAlert.objects.select_for_update().select_related("tenant").filter(pk=alert_id).first()
+        if alert is None or alert.emailed_at is not None:
+            return 0
+        tenant = alert.tenant
+        owners = list(
+            tenant.memberships.filter(role=Role.OWNER, user__is_active=True)
+            .exclude(user__email="").values_list("user__email", flat=True).order_by("user__email")
+        )
+        if owners:
+            context = {"alert": alert, "tenant": tenant, "left": max(alert.quota - alert.characters_used, 0),
+                       "month": alert.month.strftime("%B %Y")}
+            exhausted = alert.percent >= 100
+            subject = (f"{tenant.name} has used its monthly quota" if exhausted
+                       else f"{tenant.name} has used {alert.percent}% of its monthly quota")
+            send_mail(
+                subject=f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}{subject}",
+                message=render_to_string("portal/email/quota_alert.txt", context),
+                from_email=None,
+                recipient_list=owners,
+            )
+        alert.emailed_at = timezone.now()
+        alert.save(update_fields=["emailed_at"])
+        return len(owners)
 
 
 # --- the tenant-staff portal: audit log, staff users, members and invitations ---------------------------------

@@ -2,7 +2,7 @@
 /portal/accounts/."""
 from django.urls import include, path
 
-from tenants.portal.views import account, audit, dashboard, keys, members, placeholders
+from tenants.portal.views import account, audit, dashboard, keys, members, placeholders, usage
 
 app_name = "portal"
 
@@ -13,7 +13,8 @@ urlpatterns = [
     path("keys/<int:pk>/revoke/", keys.ApiKeyRevokeView.as_view(), name="api-key-revoke"),
     path("voices/", placeholders.ComingSoonView.as_view(title="Voices"), name="voices"),
     path("playground/", placeholders.ComingSoonView.as_view(title="Playground"), name="playground"),
-    path("usage/", placeholders.ComingSoonView.as_view(title="Usage"), name="usage"),
+    path("usage/", usage.UsageLogView.as_view(), name="usage"),
+    path("usage/export.csv", usage.UsageExportView.as_view(), name="usage-export"),
     path("members/", members.MemberListView.as_view(), name="members"),
     path("members/<int:pk>/role/", members.MemberRoleView.as_view(), name="member-role"),
     path("members/<int:pk>/remove/", members.MemberRemoveView.as_view(), name="member-remove"),
