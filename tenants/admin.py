@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
-from tenants.models import ApiKey, QuotaAlert, Scope, Tenant, TenantMembership, UsageRecord
+from tenants.models import ApiKey, AuditLogEntry, Invitation, QuotaAlert, Scope, Tenant, TenantMembership, UsageRecord
 from tenants.selectors import month_start, tenant_month_summary
 from tenants.services import api_key_issue, api_key_revoke, tenant_set_active, validate_scopes
 
@@ -280,6 +280,44 @@ class QuotaAlertAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditLogEntry)
+class AuditLogEntryAdmin(admin.ModelAdmin):
+    """What tenant staff did in the portal (keys, voices, members), as their owners see it there. Read-only."""
+
+    list_display = ["created_at", "tenant", "actor_email", "action", "target"]
+    list_filter = ["action", "tenant"]
+    search_fields = ["actor_email", "action", "target"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations staff sent to colleagues. The link's token is shown nowhere (only its hash is stored); an
+    operator may delete an invitation to withdraw it."""
+
+    list_display = ["email", "tenant", "role", "invited_by", "created_at", "expires_at", "accepted_at"]
+    list_filter = ["role", "tenant"]
+    search_fields = ["email", "tenant__slug"]
+    exclude = ["token_hash"]
+    list_select_related = ["tenant", "invited_by"]
+
+    def has_add_permission(self, request):
+        return False  # invitations are sent from the portal, which emails the link
 
     def has_change_permission(self, request, obj=None):
         return False

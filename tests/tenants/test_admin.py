@@ -313,3 +313,22 @@ def test_workers_page_is_for_staff_only(client):
     client.force_login(get_user_model().objects.create_user("portal-user", password="x"))
     response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+
+
+def test_staff_actions_and_invitations_are_visible_to_operators_and_read_only(admin_client, populated):
+    from datetime import timedelta
+
+    from tenants.models import AuditLogEntry, Invitation
+
+    entry = AuditLogEntry.objects.create(tenant=populated, actor_email="owner@example.com", action="api_key.revoked",
+                                         target="ci key")
+    invitation = Invitation.objects.create(tenant=populated, email="new@example.com", token_hash="0" * 64,
+                                           expires_at=timezone.now() + timedelta(days=7))
+    audit = admin_client.get(reverse("admin:tenants_auditlogentry_changelist")).content.decode()
+    assert "api_key.revoked" in audit and "owner@example.com" in audit
+    invitations = admin_client.get(reverse("admin:tenants_invitation_changelist")).content.decode()
+    assert "new@example.com" in invitations
+    assert "0" * 64 not in admin_client.get(reverse("admin:tenants_invitation_change", args=[invitation.pk])).content.decode()
+    assert admin_client.get(reverse("admin:tenants_auditlogentry_add")).status_code == 403
+    assert admin_client.get(reverse("admin:tenants_auditlogentry_delete", args=[entry.pk])).status_code == 403
+    assert admin_client.get(reverse("admin:tenants_invitation_add")).status_code == 403
