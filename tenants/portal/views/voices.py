@@ -32,7 +32,7 @@ class _VoiceRows(TenantPortalMixin):
         own = voice.tenant_id == self.tenant.pk
         row = {"voice": voice, "own": own, "engine_available": engine["available"], "sample_url": None,
                "reference_url": None, "engine_reason": "" if engine["available"] else engine.get("reason", "")}
-        if voice.status == Voice.Status.READY and engine["available"]:
+        if voice.status == Voice.Status.READY:  # an engine that is down says why when it is played
             token = voice_sample_token(user=self.request.user, tenant=self.tenant, voice=voice)
             row["sample_url"] = f"{reverse('portal:voice-sample', args=[voice.pk])}?t={token}"
         if own and voice.reference_audio:
