@@ -7,7 +7,7 @@ gets /portal/playground/audio/<request id>/, which only the same user, still a m
 open. Voice samples are GET URLs signed for the user, the tenant and the voice (SAMPLE_URL_SECONDS).
 
 Either is served by synthesis.views.serve_prepared_session: the same SynthesisSession path as POST
-/v1/synthesize (quota, concurrency, streaming, one usage row billed to the tenant; the row names no API key)."""
+/v1/synthesize (rate limits, quota, concurrency, streaming, one usage row billed to the tenant; the row names no API key)."""
 import uuid
 
 from django.core import signing
@@ -17,6 +17,7 @@ from rest_framework import exceptions
 from callwaiting.errors import ApiError, as_api_error, error_code
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
+from tenants.throttling import tenant_rate_wait_for
 
 PLAYGROUND_SECONDS = 600  # a playground result can be played and downloaded for this long
 SAMPLE_URL_SECONDS = 3600  # a voices page's sample links work this long (its players fetch nothing before "play")
@@ -63,6 +64,8 @@ def voice_sample_text(voice) -> str:
 def portal_session_admit(*, tenant, data: dict, request_id: uuid.UUID | None = None) -> SynthesisSession:
     """A prepared SynthesisSession for the tenant, validated as POST /v1/synthesize validates its body; raises the
     ApiError (or DRF ValidationError) the API would answer, after writing the refusal's usage row as it would."""
+    if wait := tenant_rate_wait_for(tenant):  # the tenant's request rate limits count the portal's requests too
+        raise exceptions.Throttled(wait)
     serializer = SynthesizeSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     session = SynthesisSession(tenant=tenant, request_id=request_id)

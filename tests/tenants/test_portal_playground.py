@@ -142,3 +142,15 @@ def async_get(client, path, **kwargs):
     from asgiref.sync import async_to_sync
 
     return async_to_sync(client.get)(path, **kwargs)
+
+
+def test_the_portals_requests_count_against_the_tenants_rate_limit(staff, settings):
+    settings.RATELIMIT_ENABLE = True
+    staff.tenant.requests_per_minute = 1
+    staff.tenant.save()
+    url, _ = staff.play(text="One.")
+    assert staff.audio(url).status == 200
+    second, _ = staff.play(text="Two.")
+    refused = staff.audio(second)
+    assert refused.status == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1

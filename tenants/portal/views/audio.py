@@ -26,7 +26,10 @@ def _admit(request, find_request):
     try:
         return audio.portal_session_admit(tenant=membership.tenant, data=data, request_id=request_id), None
     except exceptions.APIException as exc:  # the API's error shape: the page's script shows its message
-        return None, JsonResponse(exception_body(exc), status=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if isinstance(exc, exceptions.Throttled) and exc.wait:
+            headers = {"Retry-After": str(int(exc.wait))}
+        return None, JsonResponse(exception_body(exc), status=exc.status_code, headers=headers)
 
 
 async def _serve(request, find_request, *, filename: str = ""):
