@@ -28,8 +28,9 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_xtts_dir):
+    # Voice processing in the server process (eager Celery), with or without REDIS_URL: no Celery worker runs here.
     yield from start_server(tmp_path_factory.mktemp("e2e"), DEMO_PASSWORD=PASSWORD, XTTS_MODEL_DIR=str(tiny_xtts_dir),
-                            TTS_JOB_ACCEPT_TIMEOUT="60")
+                            TTS_JOB_ACCEPT_TIMEOUT="60", CELERY_TASK_ALWAYS_EAGER="1")
 
 
 @pytest.fixture
