@@ -87,6 +87,16 @@ def test_voices_playground_and_keys_in_a_browser(server, page, tmp_path):
     page.click("form button[type=submit]")
     expect(page).to_have_url(re.compile(r"/portal/$"))
 
+    # --- a clip too short to clone from is an error on the form
+    short = tmp_path / "short.wav"
+    short.write_bytes(encode_wav(voice_like(1.0), 22050))
+    page.goto("/portal/voices/")
+    page.fill("#id_voice_id", "front-desk")
+    page.fill("#id_name", "Front desk")
+    page.set_input_files("#id_audio_file", str(short))
+    page.click("#voice-upload button[type=submit]")
+    expect(page.locator("#voice-upload .error")).to_contain_text("at least 3 s")
+
     # --- clone a voice; it becomes ready on the page
     clip = tmp_path / "front-desk.wav"
     clip.write_bytes(encode_wav(voice_like(4.0), 22050))
@@ -112,6 +122,13 @@ def test_voices_playground_and_keys_in_a_browser(server, page, tmp_path):
 
     # --- the playground streams into an <audio> element, and downloads
     page.goto("/portal/playground/")
+    page.evaluate("window.notReloaded = true")
+    page.fill("#id_text", "<speak>unclosed")
+    page.check("#id_ssml")
+    page.click("#playground-form button[type=submit]")
+    expect(page.locator("#playground-form .error")).to_contain_text("SSML is not well-formed")  # swapped in by htmx
+    assert page.evaluate("window.notReloaded === true")
+    page.uncheck("#id_ssml")
     page.select_option("#id_voice_id", "default")
     page.fill("#id_text", "Thanks for calling CallWaiting. How can I help you today?")
     page.select_option("#id_format", "mp3")

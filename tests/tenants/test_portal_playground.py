@@ -86,6 +86,8 @@ def test_ssml_is_spoken_and_bad_ssml_or_no_text_is_an_error_on_the_form(staff):
     assert bad.status_code == 400 and "SSML is not well-formed" in bad.content.decode()
     empty = staff.client.post("/portal/playground/", {**SAY, "text": ""})
     assert empty.status_code == 400 and "This field is required" in empty.content.decode()
+    swapped = staff.client.post("/portal/playground/", {**SAY, "text": ""}, HTTP_HX_REQUEST="true")
+    assert swapped.status_code == 200 and "This field is required" in swapped.content.decode()  # htmx swaps 2xx only
     unknown = staff.client.post("/portal/playground/", {**SAY, "voice_id": "nobody"})
     assert unknown.status_code == 400 and "Select a valid choice" in unknown.content.decode()
 

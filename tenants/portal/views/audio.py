@@ -10,7 +10,7 @@ from rest_framework import exceptions
 from callwaiting.errors import exception_body
 from synthesis.views import serve_prepared_session
 from tenants.portal import audio
-from tenants.portal.mixins import _resolve
+from tenants.portal.mixins import membership_or_refusal
 from voices.models import Voice
 from voices.selectors import voices_visible_to
 
@@ -19,7 +19,7 @@ def _admit(request, find_request):
     """(session, None) or (None, the response instead): the login and membership checks of every portal page,
     then `find_request(request, tenant) -> (data, request_id)` (Http404 when it is not this user's), then the
     API's checks."""
-    membership, refusal = _resolve(request, manager_required=False)
+    membership, refusal = membership_or_refusal(request)
     if refusal is not None:
         return None, refusal
     data, request_id = find_request(request, membership.tenant)

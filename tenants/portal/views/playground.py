@@ -26,7 +26,8 @@ class PlaygroundView(TenantPortalMixin, View):
     def post(self, request):
         form = PlaygroundForm(request.POST, voices=self._voices())
         if not form.is_valid():
-            return self._page(request, form, status=400)
+            # htmx swaps in 2xx answers only: the form with its errors replaces the one on the page.
+            return self._page(request, form, status=200 if request.htmx else 400)
         data = form.synthesize_request()
         play_id = playground_request_store(user=request.user, tenant=self.tenant, data=data)
         download_id = playground_request_store(user=request.user, tenant=self.tenant, data=data,
