@@ -14,7 +14,7 @@ from django.core import signing
 from django.core.cache import cache
 from rest_framework import exceptions
 
-from callwaiting.errors import ApiError, as_api_error, error_code
+from callwaiting.errors import as_api_error, error_code
 from synthesis.serializers import SynthesizeSerializer
 from synthesis.services import SynthesisSession
 from tenants.throttling import tenant_rate_wait_for
@@ -78,10 +78,3 @@ def portal_session_admit(*, tenant, data: dict, request_id: uuid.UUID | None = N
         raise exc
     return session
 
-
-def error_message(exc: exceptions.APIException) -> str:
-    if isinstance(exc, ApiError):
-        return exc.message
-    from callwaiting.errors import exception_body
-
-    return exception_body(exc)["error"]["message"]
