@@ -155,9 +155,14 @@ def request_fingerprint(data: dict) -> str:
 
 
 class SynthesisSession:
-    def __init__(self, *, api_key: ApiKey, request_id: uuid.UUID | None = None, named_by_client: bool | None = None):
+    def __init__(self, *, api_key: ApiKey | None = None, tenant=None, request_id: uuid.UUID | None = None,
+                 named_by_client: bool | None = None):
+        # A request with a key is billed to the key's tenant; one from the portal (tenants/portal/audio.py) has
+        # no key, only the tenant of the staff member who made it, and its usage row names no key.
         self.api_key = api_key
-        self.tenant = api_key.tenant
+        self.tenant = api_key.tenant if api_key is not None else tenant
+        if self.tenant is None:
+            raise ValueError("SynthesisSession needs an api_key or a tenant")
         # The client named it (a retry must be billed once), unless the caller says the id was made for it.
         self.client_request_id = request_id is not None if named_by_client is None else named_by_client
         self.request_id = request_id or uuid.uuid4()
@@ -513,7 +518,7 @@ class SynthesisSession:
             request_id=self.request_id,
             request_fingerprint=self.fingerprint,
             tenant_id=self.tenant.pk,
-            api_key_id=self.api_key.pk,
+            api_key_id=self.api_key.pk if self.api_key is not None else None,
             voice_id=self.voice_id,
             engine=self.engine,
             language=self.language,

@@ -214,6 +214,13 @@ async def _serve_synthesis(view_class: type[SynthesizeView], request):
     session, refused = await sync_to_async(view_class().admit)(request)
     if refused is not None:
         return refused
+    return await serve_prepared_session(request, session)
+
+
+async def serve_prepared_session(request, session: SynthesisSession, headers: dict | None = None):
+    """The response for a session that prepare() admitted: its first audio awaited (a failure before any is still
+    a proper error status), then the audio streamed, or the whole clip for streaming=false, billed once whatever
+    happens. Also serves the portal's playground and voice samples (tenants/portal/views/audio.py)."""
     try:
         first = await session.start()  # a failure before any audio is still a proper error status
         if not session.streaming:
@@ -226,6 +233,7 @@ async def _serve_synthesis(view_class: type[SynthesizeView], request):
         "X-Sample-Rate": str(session.sample_rate),
         "X-Worker-Id": session.stream.worker_id,  # which model worker served it, for operators
         "Cache-Control": "no-store",
+        **(headers or {}),
     }
     if not session.streaming:
         size = body.seek(0, 2)

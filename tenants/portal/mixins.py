@@ -31,6 +31,12 @@ def _resolve(request, manager_required: bool):
     return membership, None
 
 
+def membership_or_refusal(request, manager_required: bool = False):
+    """The same checks for a view that can use neither the mixin nor the decorator (an async view runs them in a
+    thread): (membership, None), or (None, the response to give instead)."""
+    return _resolve(request, manager_required)
+
+
 def tenant_queryset(model_or_queryset, tenant):
     queryset = getattr(model_or_queryset, "_default_manager", model_or_queryset)
     return queryset.filter(tenant=tenant)

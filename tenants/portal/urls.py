@@ -2,7 +2,9 @@
 /portal/accounts/."""
 from django.urls import include, path
 
-from tenants.portal.views import account, audit, dashboard, keys, members, placeholders, usage
+from tenants.portal.views import (
+    account, audio, audit, dashboard, keys, members, placeholders, playground, usage, voices,
+)
 
 app_name = "portal"
 
@@ -11,8 +13,14 @@ urlpatterns = [
     path("switch/", account.SwitchTenantView.as_view(), name="switch-tenant"),
     path("keys/", keys.ApiKeyListView.as_view(), name="api-keys"),
     path("keys/<int:pk>/revoke/", keys.ApiKeyRevokeView.as_view(), name="api-key-revoke"),
-    path("voices/", placeholders.ComingSoonView.as_view(title="Voices"), name="voices"),
-    path("playground/", placeholders.ComingSoonView.as_view(title="Playground"), name="playground"),
+    path("voices/", voices.VoiceListView.as_view(), name="voices"),
+    path("voices/<int:pk>/row/", voices.VoiceRowView.as_view(), name="voice-row"),
+    path("voices/<int:pk>/rename/", voices.VoiceRenameView.as_view(), name="voice-rename"),
+    path("voices/<int:pk>/delete/", voices.VoiceDeleteView.as_view(), name="voice-delete"),
+    path("voices/<int:pk>/reference/", voices.VoiceReferenceView.as_view(), name="voice-reference"),
+    path("voices/<int:pk>/sample/", audio.voice_sample, name="voice-sample"),
+    path("playground/", playground.PlaygroundView.as_view(), name="playground"),
+    path("playground/audio/<uuid:request_id>/", audio.playground_audio, name="playground-audio"),
     path("usage/", usage.UsageLogView.as_view(), name="usage"),
     path("usage/export.csv", usage.UsageExportView.as_view(), name="usage-export"),
     path("members/", members.MemberListView.as_view(), name="members"),

@@ -1,10 +1,8 @@
 """End to end in headless Chromium against a live daphne (`make run`'s setup): the demo owner logs in, sees the
 dashboard's charts drawn from the requests the API just served, opens the usage log and exports it as CSV, which
-holds exactly those requests. Screenshots of both pages go to tests/e2e/artefacts/ and to docs/screenshots/ (the
-README's)."""
+holds exactly those requests. Screenshots of both pages: tests/e2e/screenshots.py."""
 import csv
 import json
-import shutil
 import sqlite3
 import urllib.request
 import uuid
@@ -12,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.screenshots import screenshot
 from tests.live import start_server
 
 CHROMIUM = "/usr/bin/chromium"
 DEMO_PASSWORD = "demo-password-for-e2e"
-ROOT = Path(__file__).resolve().parents[2]
-ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
-DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
@@ -49,13 +45,6 @@ def set_demo_quota(database: Path, characters: int) -> None:
 def quota_alerts_recorded(database: Path) -> list[int]:
     with sqlite3.connect(database) as connection:
         return [percent for (percent,) in connection.execute("SELECT percent FROM tenants_quotaalert ORDER BY percent")]
-
-
-def screenshot(page, name: str) -> None:
-    ARTEFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTEFACTS / name))
-    DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ARTEFACTS / name, DOCS_SCREENSHOTS / name)
 
 
 def test_dashboard_charts_and_usage_csv_in_a_browser(server):
@@ -89,7 +78,7 @@ def test_dashboard_charts_and_usage_csv_in_a_browser(server):
             assert requests_today == 3
             warning = page.locator("#quota [role=alert]")
             assert warning.is_visible() and "of the monthly quota is used" in warning.inner_text()
-            screenshot(page, "portal-dashboard.png")
+            screenshot(page, "portal-dashboard")
 
             page.get_by_role("navigation", name="Portal").get_by_role("link", name="Usage").click()
             page.wait_for_url(f"{base}/portal/usage/")
@@ -97,7 +86,7 @@ def test_dashboard_charts_and_usage_csv_in_a_browser(server):
             page.get_by_role("button", name="Filter").click()
             page.wait_for_url("**/portal/usage/?*status=success*")
             assert page.get_by_text("3 requests match these filters").is_visible()
-            screenshot(page, "portal-usage.png")
+            screenshot(page, "portal-usage")
 
             with page.expect_download() as download_info:
                 page.get_by_role("link", name="Export CSV").click()

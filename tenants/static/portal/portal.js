@@ -12,3 +12,27 @@ document.addEventListener("click", async (event) => {
     if (status) status.textContent = "Selected: press Ctrl+C to copy.";
   }
 });
+
+// An <audio> of the portal that cannot play (a quota reached, an engine down...): ask its URL again for the API's
+// error message and show it (in its data-error-target, else just after it). A refused request is not billed, and a
+// playground URL names one request id, so asking again never bills twice.
+document.addEventListener("error", async (event) => {
+  const audio = event.target;
+  if (!(audio instanceof HTMLAudioElement)) return;
+  let target = audio.dataset.errorTarget && document.querySelector(audio.dataset.errorTarget);
+  if (!target) {
+    target = document.createElement("p");
+    target.className = "error";
+    target.setAttribute("role", "alert");
+    audio.after(target);
+  }
+  let message = "The audio could not be played.";
+  try {
+    const controller = new AbortController();
+    const response = await fetch(audio.currentSrc || audio.src, { credentials: "same-origin", signal: controller.signal });
+    if (response.ok) controller.abort();  // it plays now after all: leave the audio unmade (and unbilled)
+    else message = (await response.json()).error.message;
+  } catch (error) { /* keep the generic message */ }
+  target.textContent = message;
+  target.hidden = false;
+}, true);  // error events do not bubble: listen while they are captured
