@@ -233,8 +233,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {len(queryset)} key(s); they no longer authenticate.")
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records operators read but never write: history the service appends to."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     """Read-only: usage is append-only billing history, written only by the synthesis path."""
 
     list_display = [
@@ -258,15 +271,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
     # COUNT(*) over the whole usage table gets slow as it grows; the filtered count is enough.
     show_full_result_count = False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    # Note: this also stops deleting a tenant that has usage in the admin; suspend it instead.
-    def has_delete_permission(self, request, obj=None):
-        return False
+    # Note: read-only also stops deleting a tenant that has usage in the admin; suspend it instead.
 
 
 @admin.register(QuotaAlert)
@@ -286,23 +291,14 @@ class QuotaAlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLogEntry)
-class AuditLogEntryAdmin(admin.ModelAdmin):
-    """What tenant staff did in the portal (keys, voices, members), as their owners see it there. Read-only."""
+class AuditLogEntryAdmin(ReadOnlyAdmin):
+    """What tenant staff did in the portal (keys, voices, members), as their owners see it there."""
 
     list_display = ["created_at", "tenant", "actor_email", "action", "target"]
     list_filter = ["action", "tenant"]
     search_fields = ["actor_email", "action", "target"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Invitation)
