@@ -3,7 +3,7 @@
 from django.urls import include, path
 
 from tenants.portal.views import (
-    account, audio, audit, dashboard, keys, members, placeholders, playground, usage, voices,
+    account, audio, audit, dashboard, keys, members, playground, usage, voices,
 )
 
 app_name = "portal"
