@@ -52,12 +52,13 @@ async def _utterances(ws: WebsocketCommunicator, count: int) -> list[tuple[dict,
 
 
 def _as_long(audio: bytes, key: str, text: str, **fields) -> bool:
-    """Whether `audio` lasts as long as `text` synthesized on its own: within 1% (eSpeak's output varies by a
-    sample or two run to run), where a word missing or said twice is far more."""
+    """Whether `audio` lasts as long as `text` synthesized on its own: within 1% or 20 ms (eSpeak's output varies a
+    little run to run, and carries some state from one utterance to the next), where a word missing or said twice
+    is far more."""
     _, frames, done = run(_say, key, text=text, **fields)
     assert done["type"] == "done"
     alone = len(b"".join(frames))
-    return abs(len(audio) - alone) <= alone / 100
+    return abs(len(audio) - alone) <= max(alone / 100, 2 * 22050 * 0.02)
 
 
 def test_pieces_of_a_few_characters_are_spoken_sentence_by_sentence_in_order(tenant, key):
