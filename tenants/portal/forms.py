@@ -1,3 +1,5 @@
+import uuid
+
 from django import forms
 from django.contrib.auth import password_validation
 
@@ -5,11 +7,19 @@ from tenants.models import ApiKey, Scope, TenantMembership
 
 
 class ApiKeyCreateForm(forms.Form):
+    # Each rendering of the form gets an id: the answer that shows a key's plaintext is a POST, and a reload or a
+    # double click sends it again, which must not make a second key.
+    form_id = forms.UUIDField(widget=forms.HiddenInput, required=False)
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. “IVR production”.")
     kind = forms.ChoiceField(choices=ApiKey.Kind.choices, initial=ApiKey.Kind.TEST,
                              help_text="prod and test keys work alike; the prefix tells them apart in your code.")
     scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple,
                                        initial=[Scope.SYNTHESIZE, Scope.VOICES])
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("form_id", uuid.uuid4())
 
 
 class InviteForm(forms.Form):

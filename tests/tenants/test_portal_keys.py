@@ -104,3 +104,15 @@ def test_creating_and_revoking_are_in_the_audit_log(owner_client, owner, portal_
     assert entries[0].target == f"IVR production (sk_prod_{api_key.lookup_id}…{api_key.last_four})"
     assert entries[0].details == {"kind": "prod", "scopes": ["synthesize", "voices"]}
     assert plaintext not in str(entries[0].details) + entries[0].target
+
+
+def test_sending_the_create_form_again_makes_no_second_key(owner_client):
+    """The answer that shows the plaintext is a POST: a reload or a double click sends the same form again."""
+    page = owner_client.get("/portal/keys/").content.decode()
+    form_id = re.search(r'name="form_id" value="([0-9a-f-]{36})"', page).group(1)
+    first = owner_client.post("/portal/keys/", {**NEW_KEY, "form_id": form_id})
+    again = owner_client.post("/portal/keys/", {**NEW_KEY, "form_id": form_id}, follow=True)
+    assert first.status_code == 201 and again.status_code == 200
+    assert ApiKey.objects.filter(name=NEW_KEY["name"]).count() == 1
+    assert "made its key already" in again.content.decode()
+    assert not re.search(r"sk_(?:prod|test)_[A-Za-z0-9]{44}", again.content.decode())  # shown once, not again

@@ -1,4 +1,5 @@
 from django.contrib import messages
+from django.core.cache import cache
 from django.shortcuts import redirect, render
 from django.views import View
 from django.views.decorators.cache import never_cache
@@ -22,7 +23,13 @@ class ApiKeyListView(TenantPortalMixin, View):
         form = ApiKeyCreateForm(request.POST)
         if not form.is_valid():
             return self._page(request, form, status=400)
-        issued = services.api_key_issue(tenant=self.tenant, actor=request.user, **form.cleaned_data)
+        fields = dict(form.cleaned_data)
+        form_id = fields.pop("form_id")
+        if form_id and not cache.add(f"portal:key-form:{self.tenant.pk}:{form_id}", 1, timeout=24 * 3600):
+            messages.info(request, "That form made its key already (its plaintext was shown once, on that answer). "
+                                   "Nothing new was created; fill in the form again for another key.")
+            return redirect("portal:api-keys")
+        issued = services.api_key_issue(tenant=self.tenant, actor=request.user, **fields)
         return self._page(request, ApiKeyCreateForm(), issued=issued, status=201)
 
     def _page(self, request, form, issued=None, status=200):
