@@ -193,6 +193,8 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "CallWaiting TTS")
 # How long an invitation link to join a tenant may be used (single use).
 PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
+# Invitation emails a tenant may send per hour: a staff account cannot be used to spam addresses.
+PORTAL_INVITATIONS_PER_HOUR = env_int("PORTAL_INVITATIONS_PER_HOUR", 20)
 # Owners are emailed once a month for each of these percentages of the monthly character quota that usage passes
 # ("" turns the emails off); the dashboard's warning banner starts at the lowest one under 100.
 TTS_QUOTA_ALERT_PERCENTS = sorted({int(p) for p in env_list("TTS_QUOTA_ALERT_PERCENTS", "80,100") if 0 < int(p) <= 999})

@@ -283,6 +283,10 @@ def member_invite(*, actor: TenantMembership, email: str, role: str, accept_url:
     _may_assign(actor, role)
     if tenant.memberships.filter(user__email__iexact=email).exists():
         raise PortalError(f"{email} is already a member of {tenant.name}.")
+    sent_last_hour = tenant.invitations.filter(created_at__gte=timezone.now() - timedelta(hours=1)).count()
+    if sent_last_hour >= settings.PORTAL_INVITATIONS_PER_HOUR:
+        raise PortalError(f"{tenant.name} has sent {sent_last_hour} invitations in the last hour, the most it may "
+                          "(PORTAL_INVITATIONS_PER_HOUR); try again later.")
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         tenant=tenant, email=email, role=role, token_hash=keys.hash_secret(token), invited_by=actor.user,

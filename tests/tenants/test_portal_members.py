@@ -189,3 +189,12 @@ def test_a_pending_invitation_can_be_withdrawn(owner_client, member_client, port
                            accept_url=lambda token: token)
     assert owner_client.post(f"/portal/members/invitations/{theirs.pk}/cancel/").status_code == 404
     assert Invitation.objects.get(pk=theirs.pk).is_usable()
+
+
+def test_invitations_are_limited_per_hour_so_a_staff_account_cannot_spam_addresses(owner_client, portal_tenant, settings):
+    settings.PORTAL_INVITATIONS_PER_HOUR = 2
+    for number in range(2):
+        assert owner_client.post("/portal/members/", {"email": f"hire{number}@acme.example", "role": "member"}).status_code == 302
+    refused = owner_client.post("/portal/members/", {"email": "hire2@acme.example", "role": "member"})
+    assert refused.status_code == 400 and "PORTAL_INVITATIONS_PER_HOUR" in refused.content.decode()
+    assert len(mail.outbox) == 2 and portal_tenant.invitations.count() == 2
