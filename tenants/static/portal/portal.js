@@ -36,3 +36,10 @@ document.addEventListener("error", async (event) => {
   target.textContent = message;
   target.hidden = false;
 }, true);  // error events do not bubble: listen while they are captured
+
+// A polled voice row whose voice is gone (a colleague deleted it: the server answers 404): drop the row, which also
+// stops its polling, rather than asking again every few seconds.
+document.addEventListener("htmx:responseError", (event) => {
+  const row = event.detail.elt;
+  if (event.detail.xhr.status === 404 && row.matches("tr[hx-get]")) row.remove();
+});
