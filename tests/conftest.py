@@ -10,6 +10,21 @@ from tests.factories import TenantFactory, issue_key
 
 
 @pytest.fixture(autouse=True)
+def _fresh_connection_pool():
+    """PostgreSQL's connection pool starts each test full. A thread a test starts that reads the database (a
+    racing client, a watcher) ends with a pooled connection Django never hands back (its connection is per thread),
+    and over a few hundred tests the pool's 20 would run dry: later tests would get 503s, not their own failures.
+    Production threads go through close_old_connections (database_sync_to_async, request_finished)."""
+    yield
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if getattr(connection, "pool", None) is not None:
+            connection.close()
+            connection.close_pool()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters, stream slots, worker heartbeats and cached phrases never leak between tests."""
     from synthesis import phrase_cache

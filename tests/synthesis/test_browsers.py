@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection as db_connection
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -223,6 +224,8 @@ def test_redeeming_races_between_threads_leave_one_winner(tenant):
             results.append(stream_token_redeem(token=token).pk)
         except KeyRejected as rejected:
             results.append(rejected.code)
+        finally:
+            db_connection.close()  # this thread's pooled PostgreSQL connection goes back to the pool
 
     threads = [threading.Thread(target=redeem) for _ in range(8)]
     for thread in threads:

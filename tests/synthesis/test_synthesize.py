@@ -7,6 +7,7 @@ import uuid
 import wave
 
 import pytest
+from django.db import connection
 
 from synthesis.audio import UNKNOWN_SIZE
 from synthesis.engines import load_engine
@@ -139,9 +140,12 @@ def test_client_disconnect_cancels_the_job_and_is_recorded(asgi, engine_tap):
 
     def release_once_billed():
         deadline = time.monotonic() + 20
-        while not UsageRecord.objects.filter(request_id=request_id).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        engine_tap.release()
+        try:
+            while not UsageRecord.objects.filter(request_id=request_id).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            engine_tap.release()
+            connection.close()  # this thread's pooled PostgreSQL connection goes back to the pool
 
     releaser = threading.Thread(target=release_once_billed)
     releaser.start()
