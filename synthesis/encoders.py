@@ -11,7 +11,7 @@ import av
 import numpy as np
 import soxr
 
-from synthesis.audio import SAMPLE_WIDTH, wav_header
+from synthesis.audio import SAMPLE_WIDTH, WAV_HEADER_BYTES, wav_header
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 OPUS_SAMPLE_RATES = (8000, 16000, 24000, 48000)  # the rates libopus runs at (12 kHz aside)
@@ -127,10 +127,12 @@ class Encoder:
 
     @property
     def header_bytes(self) -> int:
-        return len(wav_header(sample_rate=self.sample_rate)) if self.format.name == "wav" else 0
+        return WAV_HEADER_BYTES if self.format.name == "wav" else 0
 
     def encode(self, pcm: bytes) -> bytes:
         self.source_bytes += len(pcm)
+        if self._resampler is None and not self.format.codec:  # PCM or WAV at the engine's rate: the bytes as they are
+            return self._out(self._header() + pcm)
         samples = np.frombuffer(pcm, dtype="<i2")
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples, last=False)
@@ -143,12 +145,15 @@ class Encoder:
             samples = self._resampler.resample_chunk(samples, last=True)
         return self._out(self._encode(samples, last=True))
 
+    def _header(self) -> bytes:
+        """A streamed WAV's header, before its first samples; nothing for every other format."""
+        if self._started:
+            return b""
+        self._started = True
+        return wav_header(sample_rate=self.sample_rate) if self.format.name == "wav" else b""
+
     def _encode(self, samples: np.ndarray, *, last: bool) -> bytes:
-        prefix = b""
-        if not self._started:
-            self._started = True
-            if self.format.name == "wav":
-                prefix = wav_header(sample_rate=self.sample_rate)
+        prefix = self._header()
         if not self.format.codec:
             return prefix + samples.astype("<i2", copy=False).tobytes()
         frame = self._frame(samples) if len(samples) else None

@@ -64,7 +64,11 @@ def voice_sample_text(voice) -> str:
 def portal_session_admit(*, tenant, data: dict, request_id: uuid.UUID | None = None) -> SynthesisSession:
     """A prepared SynthesisSession for the tenant, validated as POST /v1/synthesize validates its body; raises the
     ApiError (or DRF ValidationError) the API would answer, after writing the refusal's usage row as it would."""
-    if wait := tenant_rate_wait_for(tenant):  # the tenant's request rate limits count the portal's requests too
+    try:  # the tenant's request rate limits count the portal's requests too
+        wait = tenant_rate_wait_for(tenant)
+    except Exception as exc:
+        raise as_api_error(exc)  # Redis down: 503 service_unavailable, as the API answers, not a 500
+    if wait:
         raise exceptions.Throttled(wait)
     serializer = SynthesizeSerializer(data=data)
     serializer.is_valid(raise_exception=True)

@@ -156,3 +156,15 @@ def test_the_portals_requests_count_against_the_tenants_rate_limit(staff, settin
     refused = staff.audio(second)
     assert refused.status == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_with_redis_unreachable_the_playground_audio_is_a_503_in_the_apis_shape(staff, monkeypatch):
+    import redis
+
+    def unreachable(tenant):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr("tenants.portal.audio.tenant_rate_wait_for", unreachable)
+    url, _ = staff.play(text="Hold on.")
+    refused = staff.audio(url)
+    assert refused.status == 503 and refused.json()["error"]["code"] == "service_unavailable"
