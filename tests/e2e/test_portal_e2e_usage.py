@@ -98,3 +98,25 @@ def test_dashboard_charts_and_usage_csv_in_a_browser(server):
             assert {row["status"] for row in rows} == {"success"} and all(int(row["characters"]) > 0 for row in rows)
         finally:
             browser.close()
+
+
+def test_every_page_fits_a_phone_screen(server):
+    """At a phone's width (390 px) no portal page scrolls sideways: tables scroll in their own box, the navigation
+    and forms wrap. Wide content that pushed the page out would hide the nav and the forms' buttons."""
+    base = f"http://127.0.0.1:{server['port']}"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True).new_page()
+            page.goto(f"{base}/portal/")
+            page.get_by_label("Email").fill("demo@example.com")
+            page.get_by_label("Password").fill(DEMO_PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(f"{base}/portal/")
+            for path in ("/portal/", "/portal/keys/", "/portal/voices/", "/portal/playground/", "/portal/usage/",
+                         "/portal/members/", "/portal/audit/"):
+                page.goto(f"{base}{path}")
+                overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+                assert overflow <= 0, f"{path} is {overflow} px wider than the screen"
+        finally:
+            browser.close()
