@@ -186,6 +186,10 @@ def test_a_token_opens_one_connection_only(asgi, engine_tap):
 
     async def scenario():
         first = await _open(url)
+        # The handshake is accepted before the token is checked (each connection in its own thread), so the
+        # first connection speaks once to show it has redeemed the token before the second one tries it.
+        await first.send_json_to({"type": "synthesize", "text": "Mine."})
+        assert (await _utterance(first))[2]["type"] == "done"
         refused = await _closed_with_error(await _open(url), 4401)
         await first.send_json_to({"type": "synthesize", "text": "Still mine."})
         assert (await _utterance(first))[2]["type"] == "done"  # the first connection is unaffected
