@@ -372,6 +372,9 @@ TTS_WORKER_HEARTBEAT_SECONDS = env_float("TTS_WORKER_HEARTBEAT_SECONDS", 0.5)
 TTS_WORKER_DEAD_AFTER = env_float("TTS_WORKER_DEAD_AFTER", 1.5)
 # Lifetime of a WebSocket token (POST /v1/stream/token): single-use, for browsers that cannot send a key header.
 TTS_STREAM_TOKEN_SECONDS = max(1, env_int("TTS_STREAM_TOKEN_SECONDS", 60))
+# How long a process may answer a request's key and voice rows from memory (callwaiting.lookup_cache); writes
+# through Django are seen at once, others (SQL by hand, another process in the embedded mode) within this. 0: off.
+TTS_LOOKUP_CACHE_SECONDS = max(0, env_int("TTS_LOOKUP_CACHE_SECONDS", 10))
 TTS_VOICES_CONFIG = Path(os.environ.get("TTS_VOICES_CONFIG", BASE_DIR / "config" / "voices.json"))
 # POST /v1/audio/speech: OpenAI model names -> engines, OpenAI voice names -> voices (see the file).
 TTS_OPENAI_CONFIG = Path(os.environ.get("TTS_OPENAI_CONFIG", BASE_DIR / "config" / "openai.json"))

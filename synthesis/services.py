@@ -30,7 +30,7 @@ from tenants import selectors as tenant_selectors
 from tenants import services as tenant_services
 from tenants.models import ApiKey, UsageRecord
 from voices.models import Voice
-from voices.selectors import voice_get_for_tenant
+from voices.selectors import voice_get_for_synthesis
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class SynthesisSession:
                 f"Text has {self.characters} characters; the limit is {settings.TTS_MAX_TEXT_CHARS}.",
                 status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
-        voice = voice_get_for_tenant(tenant=self.tenant, voice_id=self.voice_id)
+        voice = voice_get_for_synthesis(tenant=self.tenant, voice_id=self.voice_id)
         if voice is None:
             raise ApiError("voice_not_found", f"No voice '{self.voice_id}' for this tenant.", status.HTTP_404_NOT_FOUND)
         if voice.status == Voice.Status.UNAVAILABLE:

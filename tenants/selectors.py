@@ -6,8 +6,14 @@ from django.db.models import Avg, Count, Max, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from callwaiting.lookup_cache import LookupCache
 from tenants import keys
 from tenants.models import ApiKey, AuditLogEntry, Invitation, Tenant, TenantMembership, UsageRecord
+
+
+# Each key's row with its tenant's, by lookup id: read by every request (callwaiting.lookup_cache). The
+# instances are shared between requests; only api_key_mark_used changes one (its last-used time, in place).
+API_KEY_ROWS: LookupCache[ApiKey] = LookupCache("api-key")
 
 
 class KeyRejected(Exception):
@@ -23,7 +29,10 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey:
     parsed = keys.parse_key(plaintext)
     if parsed is None:
         raise KeyRejected("malformed_api_key", "API key is malformed; expected sk_<prod|test|admin>_...")
-    api_key = ApiKey.objects.select_related("tenant").filter(lookup_id=parsed.lookup_id).first()
+    api_key = API_KEY_ROWS.get(
+        parsed.lookup_id, lambda: ApiKey.objects.select_related("tenant").filter(lookup_id=parsed.lookup_id).first()
+    )
+    # The secret and the key's state are checked on every request, cached row or not.
     if api_key is None or api_key.kind != parsed.kind or not keys.secret_matches(parsed.secret, api_key.secret_hash):
         raise KeyRejected("invalid_api_key", "API key is not valid.")
     return _usable(api_key)

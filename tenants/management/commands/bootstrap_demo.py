@@ -3,10 +3,9 @@ import secrets
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from django.utils import timezone
 
 from tenants.models import Tenant, TenantMembership
-from tenants.services import api_key_issue, membership_set, staff_user_get_or_create, tenant_create
+from tenants.services import api_key_issue, api_key_revoke, membership_set, staff_user_get_or_create, tenant_create
 
 DEMO_SLUG = "demo"
 DEMO_OWNER_EMAIL = "demo@example.com"
@@ -23,7 +22,8 @@ class Command(BaseCommand):
         tenant = Tenant.objects.filter(slug=DEMO_SLUG).first() or tenant_create(slug=DEMO_SLUG, name="Demo tenant")
         # Only a hash is stored, so an old demo key cannot be shown again: issue a new one per start and keep
         # the number of live demo keys bounded by revoking the older ones.
-        tenant.api_keys.filter(name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
+        for old_key in tenant.api_keys.filter(name="demo", revoked_at__isnull=True):
+            api_key_revoke(api_key=old_key)  # through the service: running servers see it at once
         # Its password is only stored hashed too: a fresh one per start (DEMO_PASSWORD fixes it).
         password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(9)
         owner = staff_user_get_or_create(email=DEMO_OWNER_EMAIL, password=password)
