@@ -217,6 +217,10 @@ class SynthesisSession:
                 f"Text has {self.characters} characters; the limit is {settings.TTS_MAX_TEXT_CHARS}.",
                 status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
+        # Nothing is admitted that could not be billed: its stream would end only once its usage row is written.
+        # The key and voice may come from memory (callwaiting.lookup_cache), so reach the database here: while it
+        # is down this raises, and the request is refused with 503 before any audio.
+        connection.ensure_connection()
         voice = voice_get_for_synthesis(tenant=self.tenant, voice_id=self.voice_id)
         if voice is None:
             raise ApiError("voice_not_found", f"No voice '{self.voice_id}' for this tenant.", status.HTTP_404_NOT_FOUND)
