@@ -6,9 +6,6 @@ After a restart every pooled connection is stale; one retry on a connection erro
 failing the request that happens to pick it up (measured: without it, the first command on each stale
 connection of redis.asyncio raised "Connection closed by server" after Redis came back).
 """
-import threading
-
-import redis
 import redis.exceptions
 
 # What a client raises while Redis is down, restarting (LOADING) or unreachable.
@@ -31,29 +28,11 @@ def _backoff():
     return ExponentialBackoff(cap=0.1, base=0.02)
 
 
-class SharedConnectionPool(redis.ConnectionPool):
-    """One pool per Redis URL per process for Django's cache. Django makes a cache object, with a pool of its
-    own, per thread, and under ASGI each request runs in a thread of its own: every request opened a connection
-    to Redis (connect, HELLO, SELECT, two CLIENT SETINFO) before its first command. redis-py's pools are
-    thread-safe and start afresh in a forked child."""
-
-    _shared: dict[str, "SharedConnectionPool"] = {}
-    _lock = threading.Lock()
-
-    @classmethod
-    def from_url(cls, url: str, **options):
-        with cls._lock:
-            if url not in cls._shared:
-                cls._shared[url] = super().from_url(url, **options)
-            return cls._shared[url]
-
-
 def sync_options() -> dict:
     """Connection options for redis-py's blocking client (Django's RedisCache OPTIONS)."""
     from redis.retry import Retry
 
     return {
-        "pool_class": SharedConnectionPool,
         "socket_connect_timeout": _CONNECT_TIMEOUT,
         "socket_timeout": _SYNC_TIMEOUT,
         "retry": Retry(_backoff(), _RETRIES),
@@ -75,3 +54,4 @@ def async_options() -> dict:
 
 def is_redis_error(exc: BaseException) -> bool:
     return isinstance(exc, REDIS_ERRORS)
+

@@ -143,7 +143,7 @@ CHANNEL_CAPACITY = {"capacity": env_int("TTS_CHANNEL_CAPACITY", 1000)}
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "callwaiting.redis_cache.RedisCache",  # Django's, counting in one round trip
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "cw",
             # Fail fast while Redis is down (callers answer 503), reconnect stale connections once it is back.
