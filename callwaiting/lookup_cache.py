@@ -10,6 +10,7 @@ by hand, a management command of the embedded mode, whose cache is its own) are 
 
 Only the row read is cached: callers still check what can change with time (expiry, the key's secret) on every
 request, and a miss (no such row) is never cached."""
+import logging
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -65,12 +67,21 @@ class LookupCache(Generic[T]):
         def changed(**kwargs):
             # Now, and again once the write commits: a request that read the row between the two, before the
             # commit, cached it under the first new token, which the second replaces.
-            self.invalidate()
-            transaction.on_commit(self.invalidate, using=kwargs.get("using"))
+            self._invalidate_after_write()
+            transaction.on_commit(self._invalidate_after_write, using=kwargs.get("using"))
 
         for model in models:
             post_save.connect(changed, sender=model, weak=False, dispatch_uid=f"lookup-cache-{self.kind}-save-{model.__name__}")
             post_delete.connect(changed, sender=model, weak=False, dispatch_uid=f"lookup-cache-{self.kind}-delete-{model.__name__}")
+
+    def _invalidate_after_write(self) -> None:
+        """A write is never undone or failed for its cache (Redis down): other processes then see it within the
+        time limit, and this process's requests answer 503 until the cache is back."""
+        try:
+            self.invalidate()
+        except Exception as exc:
+            logger.warning("lookup cache %s: could not mark a change (%s); processes see it within %s s",
+                           self.kind, exc, settings.TTS_LOOKUP_CACHE_SECONDS)
 
     def _token(self) -> str:
         token = cache.get(self._token_key)

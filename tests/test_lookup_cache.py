@@ -122,3 +122,15 @@ def test_a_deleted_voice_and_a_voice_changed_through_the_service_are_seen_at_onc
     assert voice_get_for_synthesis(tenant=tenant, voice_id=voice.voice_id).name == "Renamed"
     voice_delete(voice=voice)
     assert voice_get_for_synthesis(tenant=tenant, voice_id=voice.voice_id) is None
+
+
+def test_a_write_goes_through_while_the_shared_cache_is_down(issued, monkeypatch):
+    """Revoking a key during a Redis outage is still saved; requests meanwhile get 503 from their own checks."""
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(cache, "set", down)
+    api_key_revoke(api_key=ApiKey.objects.get(pk=issued.api_key.pk))
+    assert ApiKey.objects.get(pk=issued.api_key.pk).revoked_at is not None
