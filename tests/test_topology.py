@@ -128,6 +128,7 @@ class Topology:
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.workers: dict[str, subprocess.Popen] = {}
+        self.other_webs: list[subprocess.Popen] = []  # start_web
         self.manage("migrate", "--noinput", "-v0")
         self.key = self.manage("bootstrap_demo").strip().rsplit(" ", 1)[-1]
         if tiny_xtts_dir is not None:
@@ -141,13 +142,24 @@ class Topology:
         import redis
 
         redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
-        self.port = free_port()
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(self.port),
+        self.web, self.port = self._web_process("web.log")
+
+    def _web_process(self, log: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(port),
              "callwaiting.asgi:application"],
-            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "web.log", "w"),
+            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.tmp / log, "w"),
         )
-        wait_for_port(self.port, self.web)
+        wait_for_port(port, process)
+        return process, port
+
+    def start_web(self, name: str) -> int:
+        """Another web process on the same database and Redis, as a deployment runs several; its port. Stopped
+        with the rest."""
+        process, port = self._web_process(f"{name}.log")
+        self.other_webs.append(process)
+        return port
 
     def manage(self, *args) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], env=self.env, cwd=ROOT, check=True,
@@ -219,7 +231,7 @@ class Topology:
         return connection.getresponse()
 
     def stop(self):
-        for process in [self.web, *self.workers.values()]:
+        for process in [self.web, *self.other_webs, *self.workers.values()]:
             if process.poll() is None:
                 process.kill()
             process.wait(10)

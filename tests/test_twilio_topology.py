@@ -5,15 +5,12 @@ import base64
 import http.client
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.live import ROOT, free_port, wait_for_port
 from tests.test_topology import PrivateRedis, Topology
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the web processes share Redis")
@@ -27,21 +24,13 @@ LONG_TEXT = " ".join(["This sentence keeps the caller listening for quite a whil
 def two_web_processes(tmp_path):
     redis_server = PrivateRedis(tmp_path)
     running = Topology(tmp_path, None, redis_url=redis_server.url)
-    other_port = free_port()
-    other_web = subprocess.Popen(
-        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(other_port),
-         "callwaiting.asgi:application"],
-        env=running.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web2.log", "w"),
-    )
     try:
-        wait_for_port(other_port, other_web)
+        other_port = running.start_web("web2")
         running.start_worker("a", "--engines", "espeak")
         running.wait_for_workers(1)
         running.wait_for_engines("espeak")
         yield running, other_port
     finally:
-        other_web.kill()
-        other_web.wait(10)
         running.stop()
         redis_server.stop()
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from django.db import connection as db_connection
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
@@ -23,7 +22,7 @@ from tenants.services import api_key_issue, api_key_revoke, stream_token_issue, 
 from tests.asgi import AsgiClient
 from tests.factories import TenantFactory, issue_key
 from tests.live import start_server
-from tests.synthesis.test_websocket import _closed_with_error, _utterance
+from tests.synthesis.test_websocket import _closed_with_error, _utterance, run, tenant  # noqa: F401  (tenant: a fixture)
 
 TIMEOUT = 20
 APP_ORIGIN = "https://app.example.com"
@@ -31,18 +30,8 @@ OTHER_ORIGIN = "https://evil.example.net"
 
 
 @pytest.fixture
-def tenant(live_voices):
-    """Committed rows: the application reads them from its own threads."""
-    return TenantFactory()
-
-
-@pytest.fixture
 def cors(settings):
     settings.CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
-
-
-def run(scenario, *args, **kwargs):
-    return async_to_sync(scenario)(*args, **kwargs)
 
 
 def _preflight_headers(origin: str, method: str = "POST") -> dict:

@@ -2,12 +2,9 @@
 PostgreSQL when the suite runs on it). A phrase one web process synthesized is a hit on the other."""
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.live import ROOT, free_port, wait_for_port
 from tests.test_topology import PrivateRedis, Topology
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the production topology needs Redis")
@@ -32,24 +29,14 @@ def _say(topology, port: int, **fields):
         topology.port = original
 
 
-def test_a_phrase_cached_by_one_web_process_is_a_hit_on_another(topology, tmp_path):
+def test_a_phrase_cached_by_one_web_process_is_a_hit_on_another(topology):
     topology.start_worker("a", "--engines", "espeak")
     topology.wait_for_engines("espeak")
-    second_port = free_port()
-    second_web = subprocess.Popen(
-        [sys.executable, "-m", "callwaiting.server", "-b", "127.0.0.1", "-p", str(second_port),
-         "callwaiting.asgi:application"],
-        env=topology.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web2.log", "w"),
-    )
-    try:
-        wait_for_port(second_port, second_web)
-        status, worker, first = _say(topology, topology.port)
-        assert status == 200 and worker != "phrase-cache"
-        jobs = sum(sum(counts.values()) for counts in topology.engine_starts().values())
-        status, worker, again = _say(topology, second_port, format="pcm")
-        assert status == 200 and worker == "phrase-cache" and again == first[44:]
-        assert sum(sum(counts.values()) for counts in topology.engine_starts().values()) == jobs  # no job ran
-        assert [row["cached"] for row in topology.usage("cached")] == [False, True]
-    finally:
-        second_web.kill()
-        second_web.wait(10)
+    second_port = topology.start_web("web2")
+    status, worker, first = _say(topology, topology.port)
+    assert status == 200 and worker != "phrase-cache"
+    jobs = sum(sum(counts.values()) for counts in topology.engine_starts().values())
+    status, worker, again = _say(topology, second_port, format="pcm")
+    assert status == 200 and worker == "phrase-cache" and again == first[44:]
+    assert sum(sum(counts.values()) for counts in topology.engine_starts().values()) == jobs  # no job ran
+    assert [row["cached"] for row in topology.usage("cached")] == [False, True]

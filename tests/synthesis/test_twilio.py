@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
 
@@ -20,6 +20,7 @@ from tenants.models import UsageRecord
 from tests.asgi import AsgiClient
 from tests.factories import TenantFactory, issue_key
 from tests.synthesis.test_formats import _g711_decode
+from tests.synthesis.test_websocket import key, run, tenant  # noqa: F401  (key and tenant: fixtures)
 
 TIMEOUT = 20
 MESSAGES = Path(__file__).parent / "twilio_messages"
@@ -85,20 +86,6 @@ def bridge_log():
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
-
-
-@pytest.fixture
-def tenant(live_voices):
-    return TenantFactory()
-
-
-@pytest.fixture
-def key(tenant) -> str:
-    return issue_key(tenant)
-
-
-def run(scenario, *args, **kwargs):
-    return async_to_sync(scenario)(*args, **kwargs)
 
 
 def recorded(name: str, stream_sid: str) -> dict:

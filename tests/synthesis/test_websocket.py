@@ -25,6 +25,8 @@ LONG_TEXT = " ".join(["This sentence keeps the synthesizer busy for a while."] *
 
 @pytest.fixture
 def tenant(live_voices):
+    """Committed rows: the application reads them from its own threads (also the fixture of the other
+    WebSocket test files, which import it)."""
     return TenantFactory()
 
 

@@ -10,22 +10,12 @@ from channels.testing import WebsocketCommunicator
 from synthesis.consumers import MAX_QUEUED
 from tenants.models import UsageRecord
 from tests.factories import TenantFactory, issue_key
-from tests.synthesis.test_websocket import (
-    TIMEOUT, _application, _closed_with_error, _open, _say, _synthesize, _utterance, run,
+from tests.synthesis.test_websocket import (  # key and tenant: fixtures (committed rows)
+    TIMEOUT, _application, _closed_with_error, _open, _say, _synthesize, _utterance, key, run, tenant,
 )
 
 
 LONG_SENTENCE = "This sentence keeps the synthesizer busy for a while, " * 4 + "and then it ends."
-
-
-@pytest.fixture
-def tenant(live_voices):
-    return TenantFactory()
-
-
-@pytest.fixture
-def key(tenant) -> str:
-    return issue_key(tenant)
 
 
 def _pieces(text: str, seed: int = 7) -> list[str]:
